@@ -1,0 +1,52 @@
+# sluiceway: `make run` runs the whole pipeline on the sample API, `make test` runs the tests.
+# Both set everything up first on a fresh Debian/Ubuntu machine (see scripts/).
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+UV = $(shell bash scripts/bootstrap-uv.sh)
+PACKAGES := services/common services/fetcher services/writer services/sample_api operator
+
+# The tests' real services; .ci/run and `make test` use the local ones unless these are set.
+export SLUICEWAY_TEST_DATABASE_URL ?= postgresql://sluiceway:sluiceway@127.0.0.1:5432/sluiceway
+export SLUICEWAY_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
+export SLUICEWAY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: help install services run test test-unit lint format typecheck clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: $(BIN)/.synced ## create .venv from uv.lock (uv is installed into .tools/ when missing)
+
+$(BIN)/.synced: uv.lock pyproject.toml $(PACKAGES:%=%/pyproject.toml)
+	UV_PYTHON_PREFERENCE=system "$(UV)" sync --frozen --all-packages --python '>=3.11'
+	@touch $@
+
+services: ## find, start or install PostgreSQL, RabbitMQ and Redis on loopback
+	@bash scripts/services.sh
+
+run: install services ## run the pipeline end to end on the bundled sample API, then check the table
+	$(BIN)/sluiceway demo
+
+test: install services ## the whole test suite, on the real services
+	$(BIN)/pytest
+
+test-unit: install ## the unit tests alone (no services)
+	$(BIN)/pytest tests/unit
+
+lint: install ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## ruff format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: install ## mypy --strict
+	$(BIN)/mypy services/*/src operator/src
+
+clean: ## remove .venv, .tools and .run
+	rm -rf $(VENV) .tools .run

@@ -1,0 +1,50 @@
+"""Alembic environment: runs migrations over asyncpg, one migrator at a time.
+
+The database URL comes from ``config.attributes["database_url"]`` when ``sluiceway migrate``
+calls in, otherwise from ``SLUICEWAY_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from alembic import context
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+# Any fixed number: every migrator takes the same transaction-scoped lock, so two Jobs or two
+# `sluiceway migrate` runs at once apply each revision once.
+MIGRATION_LOCK = 0x5175_1C3E
+
+
+def database_url() -> str:
+    url = context.config.attributes.get("database_url") or os.environ.get("SLUICEWAY_DATABASE_URL")
+    if not url:
+        raise SystemExit("SLUICEWAY_DATABASE_URL is not set: expected a postgresql:// URL")
+    scheme, rest = url.split("://", 1)
+    if scheme not in {"postgresql", "postgres"}:
+        raise SystemExit(f"SLUICEWAY_DATABASE_URL has scheme {scheme!r}: expected postgresql")
+    return f"postgresql+asyncpg://{rest}"
+
+
+def migrate(connection: Connection) -> None:
+    context.configure(connection=connection, transaction_per_migration=False)
+    with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+        context.run_migrations()
+
+
+async def run_online() -> None:
+    engine = create_async_engine(database_url())
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(migrate)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported: sluiceway migrates online")
+asyncio.run(run_online())

@@ -1,0 +1,5 @@
+import sys
+
+from sluiceway_common.cli import main
+
+sys.exit(main())

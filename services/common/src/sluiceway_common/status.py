@@ -1,0 +1,134 @@
+"""``sluiceway status``: queue depths, rows landed and keys failed for one pipeline.
+
+Queue depths come from a passive declare, which counts the messages ready for delivery but
+not those a consumer holds unacknowledged; a queue that does not exist yet reads as absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from dataclasses import asdict, dataclass
+
+import aio_pika
+import aio_pika.exceptions
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+
+from sluiceway_common import amqp, redis_keys, settings, topology
+from sluiceway_common.cli import Command
+
+OPTIONS = (settings.DATABASE_URL, settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE)
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    name: str
+    exists: bool
+    ready: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class Status:
+    pipeline: str
+    queues: list[QueueDepth]
+    rows: int | None  # None: the records table does not exist (run `sluiceway migrate`)
+    failed: int
+
+    def depth(self, name: str) -> int:
+        return sum(q.ready for q in self.queues if q.name == name)
+
+
+async def queue_depths(
+    connection: aio_pika.abc.AbstractConnection, names: tuple[str, ...]
+) -> list[QueueDepth]:
+    depths = []
+    for name in names:
+        # A passive declare of a missing queue closes its channel, so each gets its own.
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(name, passive=True)
+            result = queue.declaration_result
+            depths.append(
+                QueueDepth(name, True, result.message_count or 0, result.consumer_count or 0)
+            )
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            depths.append(QueueDepth(name, False, 0, 0))
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    return depths
+
+
+async def row_count(conn: asyncpg.Connection, pipeline: str) -> int | None:
+    if await conn.fetchval("SELECT to_regclass('records')") is None:
+        return None
+    count: int = await conn.fetchval("SELECT count(*) FROM records WHERE pipeline = $1", pipeline)
+    return count
+
+
+class StatusReader:
+    """Holds one connection to each service, for reading a pipeline's status repeatedly."""
+
+    def __init__(self, database_url: str, amqp_url: str, redis_url: str) -> None:
+        self._urls = (database_url, amqp_url, redis_url)
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> StatusReader:
+        database_url, amqp_url, redis_url = self._urls
+        async with contextlib.AsyncExitStack() as stack:
+            self._amqp = await amqp.connect(amqp_url, "status")
+            stack.push_async_callback(self._amqp.close)
+            self._redis = aioredis.Redis.from_url(redis_url)
+            stack.push_async_callback(self._redis.aclose)
+            self._db = await asyncpg.connect(database_url)
+            stack.push_async_callback(self._db.close)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._stack.aclose()
+
+    async def read(self, pipeline: str) -> Status:
+        depths = await queue_depths(self._amqp, topology.Queues(pipeline).all())
+        rows = await row_count(self._db, pipeline)
+        failed = await self._redis.scard(redis_keys.failed_set(pipeline))
+        return Status(pipeline, depths, rows, int(failed))
+
+
+async def collect(database_url: str, amqp_url: str, redis_url: str, pipeline: str) -> Status:
+    async with StatusReader(database_url, amqp_url, redis_url) as reader:
+        return await reader.read(pipeline)
+
+
+def render(status: Status) -> str:
+    lines = [f"pipeline {status.pipeline}"]
+    for q in status.queues:
+        state = f"{q.ready:>10,} ready  {q.consumers} consumers" if q.exists else "  (absent)"
+        lines.append(f"  {q.name:<48}{state}")
+    rows = "table missing: run `sluiceway migrate`" if status.rows is None else f"{status.rows:,}"
+    lines.append(f"  rows landed   {rows}")
+    lines.append(f"  keys failed   {status.failed:,}")
+    return "\n".join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    settings.add_options(parser, OPTIONS)
+
+
+def run(args: argparse.Namespace) -> int:
+    values = settings.resolve(args, OPTIONS)
+    status = asyncio.run(collect(**values))
+    if args.json:
+        sys.stdout.write(orjson.dumps(asdict(status)).decode() + "\n")
+    else:
+        print(render(status))
+    return 0
+
+
+COMMAND = Command("status", "show queue depths, rows landed and keys failed", configure, run)

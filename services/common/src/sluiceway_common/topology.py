@@ -1,0 +1,73 @@
+"""The queues of a pipeline and how each is declared.
+
+Every service declares what it uses at start-up; declaring is idempotent as long as the
+arguments below stay the same, so changing them is a migration of the broker, not an edit.
+All three are quorum queues: replicated, durable, and they count deliveries, which lets the
+records queue hand a message that keeps crashing its consumer to the dead-letter queue
+instead of looping on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+# A record redelivered this many times (each one a consumer that died holding it) is
+# dead-lettered: the writer retries database outages in-process, so only crashes count.
+RECORD_DELIVERY_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class Queues:
+    """Names of one pipeline's queues."""
+
+    pipeline: str
+
+    @property
+    def fetch(self) -> str:
+        return f"sluiceway.{self.pipeline}.fetch"
+
+    @property
+    def records(self) -> str:
+        return f"sluiceway.{self.pipeline}.records"
+
+    @property
+    def dead(self) -> str:
+        return f"sluiceway.{self.pipeline}.records.dead"
+
+    def arguments(self, name: str) -> dict[str, Any]:
+        """The declare arguments of queue ``name``; they must never differ between services."""
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        if name == self.records:
+            arguments |= {
+                "x-delivery-limit": RECORD_DELIVERY_LIMIT,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.dead,
+            }
+        return arguments
+
+    def all(self) -> tuple[str, str, str]:
+        return (self.fetch, self.records, self.dead)
+
+
+async def declare(channel: AbstractChannel, queues: Queues, *names: str) -> list[AbstractQueue]:
+    """Declare ``names`` (all of the pipeline's queues when none are given), durable."""
+    declared = []
+    for name in names or queues.all():
+        declared.append(
+            await channel.declare_queue(name, durable=True, arguments=queues.arguments(name))
+        )
+    return declared
+
+
+def persistent(body: bytes, **properties: Any) -> aio_pika.Message:
+    """A message that survives a broker restart, the only kind sluiceway publishes."""
+    return aio_pika.Message(
+        body,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        content_type="application/json",
+        **properties,
+    )

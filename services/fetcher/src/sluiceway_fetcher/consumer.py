@@ -1,0 +1,105 @@
+"""The fetcher's subscription: one fetch task in, one record or one failed key out, then ack.
+
+A task is acked only after its outcome is safe: the record confirmed by the broker, or the
+key written to the failed set. A crash before that leaves the task unacked, and the broker
+delivers it again; both outcomes are idempotent, so a redelivery changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import aio_pika.exceptions
+import aiormq.exceptions
+import httpx
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from sluiceway_common import codec, redis_keys, topology
+from sluiceway_fetcher.ratelimit import LocalLimiter
+from sluiceway_fetcher.source import Failed, Fetched, fetch
+
+log = logging.getLogger(__name__)
+
+BROKER_ERRORS = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, ConnectionError)
+# While Redis is away a failed key cannot be recorded; its task goes back to the queue after
+# this pause rather than spinning.
+REDIS_RETRY_DELAY = 1.0
+
+
+class Fetcher:
+    """Handles fetch tasks of one pipeline; counts what it did for the exit summary."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        queues: topology.Queues,
+        http: httpx.AsyncClient,
+        redis_client: aioredis.Redis,
+        limiter: LocalLimiter,
+        source_url: str,
+    ) -> None:
+        self._channel = channel
+        self._queues = queues
+        self._http = http
+        self._redis = redis_client
+        self._limiter = limiter
+        self._source_url = source_url
+        self.inflight: set[asyncio.Task[object]] = set()
+        self.fetched = 0
+        self.failed = 0
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.inflight.add(task)
+        try:
+            await self._handle(message)
+        except BROKER_ERRORS as exc:
+            # The channel is gone: the broker re-delivers the task to whoever consumes next.
+            log.warning("broker connection lost while handling a task: %s", exc)
+        finally:
+            self.inflight.discard(task)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            key = codec.decode_task(message.body)
+        except codec.BadMessage as exc:
+            log.warning("dropping fetch task %r: %s", message.body[:80], exc)
+            await message.reject(requeue=False)
+            return
+        await self._limiter.acquire()
+        outcome = await fetch(self._http, self._source_url, key)
+        if isinstance(outcome, Fetched):
+            body = codec.encode_record(key, outcome.body, datetime.now(UTC))
+            await self._channel.default_exchange.publish(
+                topology.persistent(body), routing_key=self._queues.records, mandatory=True
+            )
+            self.fetched += 1
+        else:
+            try:
+                await self._record_failure(key, outcome)
+            except redis.exceptions.RedisError as exc:
+                log.warning("cannot record failed key %r, Redis: %s; requeueing", key, exc)
+                await asyncio.sleep(REDIS_RETRY_DELAY)
+                await message.nack(requeue=True)
+                return
+            self.failed += 1
+            log.info("key %r failed: %s", key, outcome.reason)
+        await message.ack()
+
+    async def _record_failure(self, key: str, outcome: Failed) -> None:
+        info = {
+            "reason": outcome.reason,
+            "status": outcome.status,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        pipeline = self._queues.pipeline
+        async with self._redis.pipeline(transaction=True) as tx:
+            tx.sadd(redis_keys.failed_set(pipeline), key)
+            tx.hset(redis_keys.failed_info(pipeline), key, orjson.dumps(info))
+            await tx.execute()

@@ -1,0 +1,76 @@
+"""``sluiceway fetcher``: run one fetcher process until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import httpx
+import redis.asyncio as aioredis
+
+from sluiceway_common import amqp, logs, settings, topology
+from sluiceway_common.cli import Command
+from sluiceway_common.lifecycle import run_until_signalled
+from sluiceway_fetcher.config import OPTIONS, FetcherSettings
+from sluiceway_fetcher.consumer import Fetcher
+from sluiceway_fetcher.ratelimit import Gcra, LocalLimiter
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
+    queues = topology.Queues(config.pipeline)
+    limits = httpx.Limits(
+        max_connections=config.fetch_concurrency, max_keepalive_connections=config.fetch_concurrency
+    )
+    connection = await amqp.connect(config.amqp_url, "fetcher")
+    try:
+        redis_client = aioredis.Redis.from_url(config.redis_url)
+        try:
+            await redis_client.ping()
+            async with httpx.AsyncClient(timeout=config.request_timeout, limits=limits) as http:
+                channel = await connection.channel(publisher_confirms=True)
+                await channel.set_qos(prefetch_count=config.fetch_concurrency)
+                fetch_queue, *_ = await topology.declare(channel, queues)
+                fetcher = Fetcher(
+                    channel,
+                    queues,
+                    http,
+                    redis_client,
+                    LocalLimiter(Gcra(config.rate_limit)),
+                    config.source_url,
+                )
+                tag = await fetch_queue.consume(fetcher.on_message)
+                log.info(
+                    "fetching %s from %s at %g requests/s",
+                    queues.fetch,
+                    config.source_url,
+                    config.rate_limit,
+                )
+                await stop.wait()
+                await fetch_queue.cancel(tag)
+                # What is in hand finishes (bounded by the request timeout); tasks prefetched
+                # but not started go back to the queue when the channel closes.
+                if fetcher.inflight:
+                    await asyncio.wait(fetcher.inflight, timeout=config.request_timeout + 5)
+                await channel.close()
+        finally:
+            await redis_client.aclose()
+    finally:
+        await connection.close()
+    log.info("fetcher stopped: %d keys fetched, %d failed", fetcher.fetched, fetcher.failed)
+    return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    settings.add_options(parser, OPTIONS)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = FetcherSettings.from_args(args)
+    logs.setup(config.log_level)
+    return run_until_signalled(lambda stop: serve(config, stop))
+
+
+COMMAND = Command("fetcher", "fetch each key's record from the upstream API", configure, run)

@@ -1,0 +1,361 @@
+"""``sluiceway demo``: the whole pipeline end to end on the sample API (what ``make run`` runs).
+
+It runs the real processes, as an operator would: ``sluiceway migrate``, ``sample-api``, one
+``fetcher``, one ``writer`` and ``enqueue``; shows progress until every key has landed or
+failed; stops what it started with SIGTERM; then checks the table row by row against what the
+sample API serves for each key, and the failed set against the keys it answers 404 for. The
+pipeline it uses (``demo`` by default) is emptied first: its rows, queues and failed set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from sluiceway_common import amqp, redis_keys, settings, topology
+from sluiceway_common.cli import Command
+from sluiceway_common.settings import Option
+from sluiceway_common.status import Status, StatusReader
+from sluiceway_sample_api.data import is_missing, user
+from sluiceway_sample_api.main import NOT_FOUND_RATE
+
+OPTIONS = (
+    settings.DATABASE_URL,
+    settings.AMQP_URL,
+    settings.REDIS_URL,
+    replace(settings.PIPELINE, default="demo", help="pipeline the demo empties, then uses"),
+    Option(
+        "SLUICEWAY_DEMO_KEYS",
+        settings.integer(1, 10_000_000),
+        "an integer from 1 to 10000000",
+        "how many keys to push through",
+        default="20000",
+    ),
+    replace(settings.RATE_LIMIT, default="5000"),
+    replace(NOT_FOUND_RATE, default="0.01"),
+    settings.BATCH_SIZE,
+    settings.BATCH_TIMEOUT,
+    Option(
+        "SLUICEWAY_DEMO_STALL_SECONDS",
+        settings.number(1, 3600),
+        "seconds, a number from 1 to 3600",
+        "give up when nothing moves for this long",
+        default="60",
+    ),
+    Option(
+        "SLUICEWAY_DEMO_LOG_DIR",
+        Path,
+        "a directory path",
+        "where the processes' logs go",
+        default=".run/logs",
+    ),
+)
+# The progress line's rows/s is taken over this many seconds, so that batches landing in
+# steps do not make it jump.
+RATE_WINDOW = 5.0
+STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    database_url: str
+    amqp_url: str
+    redis_url: str
+    pipeline: str
+    demo_keys: int
+    rate_limit: float
+    sample_not_found_rate: float
+    batch_size: int
+    batch_timeout: float
+    demo_stall_seconds: float
+    demo_log_dir: Path
+
+
+class DemoFailed(Exception):
+    """The demo could not run or what landed is wrong; the message says what."""
+
+
+def demo_keys(count: int) -> list[str]:
+    """``user-000000``…, with every 1000th key holding a space, a slash and a non-ASCII letter
+    so that percent-encoding is exercised on the way."""
+    return [f"team {i}/Zoë" if i % 1000 == 999 else f"user-{i:06d}" for i in range(count)]
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+    log: IO[bytes]
+
+    def tail(self, lines: int = 15) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join("    " + line for line in text[-lines:])
+
+
+class Demo:
+    def __init__(self, config: DemoSettings) -> None:
+        self.config = config
+        self.queues = topology.Queues(config.pipeline)
+        self.log_dir = config.demo_log_dir / config.pipeline
+        self.children: list[Child] = []
+        self.env = {
+            **os.environ,
+            "SLUICEWAY_DATABASE_URL": config.database_url,
+            "SLUICEWAY_AMQP_URL": config.amqp_url,
+            "SLUICEWAY_REDIS_URL": config.redis_url,
+            "SLUICEWAY_PIPELINE": config.pipeline,
+        }
+
+    async def start(
+        self, name: str, *args: str, pipe_stdout: bool = False, env: dict[str, str] | None = None
+    ) -> Child:
+        """Start ``sluiceway <args>``, logging to ``<log dir>/<name>.log``."""
+        log_path = self.log_dir / f"{name}.log"
+        log = log_path.open("wb")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sluiceway_common", *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if pipe_stdout else log,
+            stderr=log,
+            env={**self.env, **(env or {})},
+        )  # fmt: skip
+        child = Child(name, process, log_path, log)
+        self.children.append(child)
+        return child
+
+    async def run_once(self, name: str, *args: str) -> None:
+        child = await self.start(name, *args)
+        status = await child.process.wait()
+        self.children.remove(child)
+        child.log.close()
+        if status != 0:
+            raise DemoFailed(f"`sluiceway {' '.join(args)}` failed:\n{child.tail()}")
+
+    async def reset(self) -> None:
+        """Empty the demo pipeline: its queues, failed set and rows."""
+        connection = await amqp.connect(self.config.amqp_url, "demo")
+        try:
+            channel = await connection.channel()
+            for queue in await topology.declare(channel, self.queues):
+                await queue.purge()
+        finally:
+            await connection.close()
+        client = aioredis.Redis.from_url(self.config.redis_url)
+        try:
+            await client.delete(
+                redis_keys.failed_set(self.config.pipeline),
+                redis_keys.failed_info(self.config.pipeline),
+            )
+        finally:
+            await client.aclose()
+        conn = await asyncpg.connect(self.config.database_url)
+        try:
+            await conn.execute("DELETE FROM records WHERE pipeline = $1", self.config.pipeline)
+        finally:
+            await conn.close()
+
+    async def start_sample_api(self) -> str:
+        child = await self.start(
+            "sample-api", "sample-api", "--sample-port", "0",
+            "--sample-not-found-rate", str(self.config.sample_not_found_rate),
+            pipe_stdout=True,
+        )  # fmt: skip
+        assert child.process.stdout is not None
+        try:
+            line = await asyncio.wait_for(child.process.stdout.readline(), timeout=30)
+        except TimeoutError:
+            line = b""
+        if not line.startswith(b"listening on "):
+            raise DemoFailed(f"the sample API did not start:\n{child.tail()}")
+        return line.decode().split()[-1]
+
+    def check_children(self, enqueue: Child) -> None:
+        for child in self.children:
+            code = child.process.returncode
+            if code is None or (child is enqueue and code == 0):
+                continue
+            raise DemoFailed(f"{child.name} exited with status {code}:\n{child.tail()}")
+
+    async def watch(self, keys: int, enqueue: Child) -> None:
+        """Show progress until every key landed or failed; raise if the pipeline stalls."""
+        tty = sys.stdout.isatty()
+        started = last_change = last_print = time.monotonic()
+        last_seen: tuple[int, ...] = ()
+        history: deque[tuple[float, int]] = deque()
+        async with StatusReader(
+            self.config.database_url, self.config.amqp_url, self.config.redis_url
+        ) as reader:
+            while True:
+                await asyncio.sleep(0.5)
+                self.check_children(enqueue)
+                status = await reader.read(self.config.pipeline)
+                now = time.monotonic()
+                rows = status.rows or 0
+                history.append((now, rows))
+                while now - history[0][0] > RATE_WINDOW:
+                    history.popleft()
+                rate = (rows - history[0][1]) / max(now - history[0][0], 1e-9)
+                fetch, records = status.depth(self.queues.fetch), status.depth(self.queues.records)
+                seen = (rows, status.failed, fetch, records)
+                if seen != last_seen:
+                    last_seen, last_change = seen, now
+                finished = (
+                    enqueue.process.returncode == 0 and rows + status.failed >= keys
+                    and fetch == 0 and records == 0
+                )  # fmt: skip
+                line = self.progress(status, keys, now - started, rate)
+                if tty:
+                    print("\r" + line, end="\n" if finished else "", flush=True)
+                elif finished or now - last_print >= 5:
+                    print(line, flush=True)
+                    last_print = now
+                if finished:
+                    return
+                if now - last_change > self.config.demo_stall_seconds:
+                    raise DemoFailed(
+                        f"nothing moved for {self.config.demo_stall_seconds:g}s; "
+                        f"see the logs in {self.log_dir}"
+                    )
+
+    def progress(self, status: Status, keys: int, elapsed: float, rate: float) -> str:
+        rows = status.rows or 0
+        return (
+            f"{elapsed:6.1f}s  keys done {rows + status.failed:>9,}/{keys:,}  "
+            f"rows {rows:>9,}  failed {status.failed:>6,}  {rate:>7,.0f} rows/s  "
+            f"queues: fetch {status.depth(self.queues.fetch):>7,}  "
+            f"records {status.depth(self.queues.records):>7,}"
+        )
+
+    async def stop_all(self) -> list[str]:
+        """SIGTERM every child still running, newest first; return what did not stop cleanly."""
+        problems = []
+        for child in reversed(self.children):
+            if child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(child.process.wait(), timeout=STOP_TIMEOUT)
+                except TimeoutError:
+                    child.process.kill()
+                    await child.process.wait()
+                    problems.append(f"{child.name} did not stop within {STOP_TIMEOUT:g}s")
+                else:
+                    if child.process.returncode != 0:
+                        problems.append(
+                            f"{child.name} exited with status {child.process.returncode}:\n"
+                            f"{child.tail()}"
+                        )
+            child.log.close()
+        return problems
+
+    async def verify(self, keys: list[str]) -> tuple[int, int]:
+        """Check every row and failed key against the sample API; return (rows, failed)."""
+        missing = {key for key in keys if is_missing(key, self.config.sample_not_found_rate)}
+        conn = await asyncpg.connect(self.config.database_url)
+        try:
+            found = await conn.fetch(
+                "SELECT key, payload FROM records WHERE pipeline = $1", self.config.pipeline
+            )
+        finally:
+            await conn.close()
+        rows = {r["key"]: r["payload"] for r in found}
+        client = aioredis.Redis.from_url(self.config.redis_url)
+        try:
+            members = await client.smembers(redis_keys.failed_set(self.config.pipeline))
+        finally:
+            await client.aclose()
+        failed = {k.decode() if isinstance(k, bytes) else k for k in members}
+        served = [key for key in keys if key not in missing]
+        absent = [key for key in served if key not in rows]
+        wrong = [key for key in served if key in rows and json.loads(rows[key]) != user(key)]
+        extra = sorted(set(rows) - set(served))
+        problems = []
+        if absent:
+            problems.append(f"{len(absent)} rows missing, e.g. {absent[:3]}")
+        if wrong:
+            problems.append(f"{len(wrong)} rows differ from what the API served, e.g. {wrong[:3]}")
+        if extra:
+            problems.append(f"{len(extra)} rows for keys the API did not serve, e.g. {extra[:3]}")
+        if failed != missing:
+            problems.append(
+                f"the failed set holds {len(failed)} keys, not the {len(missing)} answered 404 "
+                f"(first differing: {sorted(failed ^ missing)[:3]})"
+            )
+        if problems:
+            raise DemoFailed("the table does not match the sample API:\n  " + "\n  ".join(problems))
+        return len(rows), len(failed)
+
+    async def run(self) -> int:
+        config = self.config
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        keys = demo_keys(config.demo_keys)
+        key_file = self.log_dir / "keys.txt"
+        key_file.write_text("".join(k + "\n" for k in keys))
+        print(
+            f"sluiceway demo: pipeline {config.pipeline!r}, {len(keys):,} keys; "
+            f"logs in {self.log_dir}",
+            flush=True,
+        )
+        try:
+            await self.run_once("migrate", "migrate")
+            await self.reset()
+            base = await self.start_sample_api()
+            print(f"sample API on {base}", flush=True)
+            await self.start("writer", "writer", env={
+                "SLUICEWAY_BATCH_SIZE": str(config.batch_size),
+                "SLUICEWAY_BATCH_TIMEOUT": str(config.batch_timeout),
+            })  # fmt: skip
+            await self.start("fetcher", "fetcher", env={
+                "SLUICEWAY_SOURCE_URL": f"{base}/users/{{key}}",
+                "SLUICEWAY_RATE_LIMIT": str(config.rate_limit),
+            })  # fmt: skip
+            started = time.monotonic()
+            enqueue = await self.start("enqueue", "enqueue", str(key_file))
+            await self.watch(len(keys), enqueue)
+            elapsed = time.monotonic() - started
+        finally:
+            problems = await self.stop_all()
+        if problems:
+            raise DemoFailed("\n".join(problems))
+        rows, failed = await self.verify(keys)
+        print(
+            f"landed {rows:,} rows, {failed:,} keys failed (the sample API's 404s), "
+            f"in {elapsed:.1f}s: {rows / elapsed:,.0f} rows/s\n"
+            "verified: every row matches what the sample API served for its key",
+            flush=True,
+        )
+        return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    settings.add_options(parser, OPTIONS)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = DemoSettings(**settings.resolve(args, OPTIONS))
+    try:
+        return asyncio.run(Demo(config).run())
+    except DemoFailed as exc:
+        print(f"sluiceway demo: FAILED: {exc}", file=sys.stderr)
+        return 1
+
+
+COMMAND = Command(
+    "demo", "run the whole pipeline end to end on the sample API and check it", configure, run
+)

@@ -1,0 +1,159 @@
+"""``enqueue``, ``status`` and ``failed`` against the real services, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aio_pika.abc import AbstractConnection
+
+from sluiceway_common import codec, redis_keys, topology
+from tests.conftest import ServiceUrls
+from tests.integration.helpers import depth, drain
+
+pytestmark = pytest.mark.integration
+
+
+def sluiceway(
+    services: ServiceUrls, database_url: str, pipeline: str, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLUICEWAY_DATABASE_URL": database_url,
+        "SLUICEWAY_AMQP_URL": services.amqp,
+        "SLUICEWAY_REDIS_URL": services.redis,
+        "SLUICEWAY_PIPELINE": pipeline,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sluiceway_common", *args],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
+
+
+async def test_enqueue_publishes_one_task_per_key_and_skips_blank_lines(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    tmp_path: Path,
+    amqp_connection: AbstractConnection,
+) -> None:
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_bytes(b"a\n\n  b  \r\nc/d e\n\n\t\nZo\xc3\xab\n")
+    result = sluiceway(services, database_url, pipeline, "enqueue", str(keys_file))
+    assert result.returncode == 0, result.stderr
+    tasks = await drain(amqp_connection, topology.Queues(pipeline).fetch)
+    assert [codec.decode_task(m.body) for m in tasks] == ["a", "b", "c/d e", "Zoë"]
+    assert all(m.delivery_mode == 2 for m in tasks)  # persistent
+
+
+async def test_enqueue_reads_stdin(
+    services: ServiceUrls, database_url: str, pipeline: str, amqp_connection: AbstractConnection
+) -> None:
+    keys = "".join(f"k{i}\n" for i in range(2000)).encode()
+    result = sluiceway(services, database_url, pipeline, "enqueue", "-", stdin=keys)
+    assert result.returncode == 0, result.stderr
+    assert await depth(amqp_connection, topology.Queues(pipeline).fetch) == 2000
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"ok\n\xff\xfe\n", "line 2: not valid UTF-8"),
+        (b"ok\nbad\x07key\n", "line 2: contains a control character"),
+        (b"x" * 5000 + b"\n", "line 1: longer than 4096 bytes"),
+    ],
+)
+async def test_enqueue_refuses_bad_lines_with_their_number(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    tmp_path: Path,
+    content: bytes,
+    error: str,
+) -> None:
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_bytes(content)
+    result = sluiceway(services, database_url, pipeline, "enqueue", str(keys_file))
+    assert result.returncode == 1
+    assert error in result.stderr
+
+
+def test_enqueue_of_a_missing_file_says_so(
+    services: ServiceUrls, database_url: str, pipeline: str
+) -> None:
+    result = sluiceway(services, database_url, pipeline, "enqueue", "/nonexistent/keys")
+    assert result.returncode == 1
+    assert "cannot read /nonexistent/keys" in result.stderr
+
+
+async def test_status_json_counts_queues_rows_and_failed(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    redis_client: aioredis.Redis,
+) -> None:
+    assert (
+        sluiceway(services, database_url, pipeline, "enqueue", "-", stdin=b"a\nb\nc\n").returncode
+        == 0
+    )
+    await redis_client.sadd(redis_keys.failed_set(pipeline), "x", "y")
+    result = sluiceway(services, database_url, pipeline, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    queues = topology.Queues(pipeline)
+    by_name = {q["name"]: q for q in status["queues"]}
+    assert by_name[queues.fetch]["ready"] == 3
+    assert by_name[queues.records]["ready"] == 0
+    assert status["rows"] == 0
+    assert status["failed"] == 2
+    text = sluiceway(services, database_url, pipeline, "status")
+    assert "keys failed   2" in text.stdout
+
+
+async def test_failed_list_retry_clear(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    redis_client: aioredis.Redis,
+    amqp_connection: AbstractConnection,
+) -> None:
+    keys = [f"k{i}" for i in range(1200)]  # more than one SSCAN chunk
+    await redis_client.sadd(redis_keys.failed_set(pipeline), *keys)
+    await redis_client.hset(
+        redis_keys.failed_info(pipeline),
+        "k1",
+        orjson.dumps({"reason": "HTTP 404 Not Found", "status": 404}),
+    )
+    listed = sluiceway(services, database_url, pipeline, "failed", "list")
+    assert listed.returncode == 0
+    assert len(listed.stdout.splitlines()) == 1200
+    assert "k1\t404\tHTTP 404 Not Found" in listed.stdout.splitlines()
+    as_json = sluiceway(services, database_url, pipeline, "failed", "list", "--json")
+    assert {"key": "k1", "reason": "HTTP 404 Not Found", "status": 404} in [
+        json.loads(line) for line in as_json.stdout.splitlines()
+    ]
+
+    retried = sluiceway(services, database_url, pipeline, "failed", "retry")
+    assert retried.returncode == 0, retried.stderr
+    assert "re-enqueued 1,200" in retried.stdout
+    tasks = await drain(amqp_connection, topology.Queues(pipeline).fetch)
+    assert sorted(codec.decode_task(m.body) for m in tasks) == sorted(keys)
+    assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 0
+    assert await redis_client.hlen(redis_keys.failed_info(pipeline)) == 0
+
+    await redis_client.sadd(redis_keys.failed_set(pipeline), "a", "b")
+    cleared = sluiceway(services, database_url, pipeline, "failed", "clear")
+    assert "cleared 2" in cleared.stdout
+    assert await redis_client.exists(redis_keys.failed_set(pipeline)) == 0

@@ -1,0 +1,153 @@
+"""The fetcher against real RabbitMQ and Redis and a real HTTP upstream, run in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+from aio_pika.abc import AbstractConnection
+from aiohttp import web
+
+from sluiceway_common import codec, redis_keys, topology
+from sluiceway_fetcher.config import FetcherSettings
+from sluiceway_fetcher.main import serve
+from sluiceway_sample_api.data import is_missing, user
+from sluiceway_sample_api.server import Behaviour, make_app
+from tests.conftest import ServiceUrls
+from tests.integration.helpers import depth, drain, eventually, publish
+
+pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def http_server(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def fetcher(
+    services: ServiceUrls, pipeline: str, source_url: str
+) -> AsyncIterator[asyncio.Task[int]]:
+    config = FetcherSettings(
+        services.amqp,
+        services.redis,
+        pipeline,
+        source_url,
+        rate_limit=1000,
+        fetch_concurrency=8,
+        request_timeout=5,
+        log_level="INFO",
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, timeout=30) == 0
+
+
+async def test_fetches_each_key_into_a_record_and_failures_into_the_failed_set(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    queues = topology.Queues(pipeline)
+    keys = [f"user-{i}" for i in range(60)] + ["team 7/Zoë", "../admin", "a?b#c"]
+    missing = {k for k in keys if is_missing(k, 0.2)}
+    assert missing  # the rate gives some 404s among these keys
+    before = datetime.now(UTC)
+    async with http_server(make_app(Behaviour(not_found_rate=0.2))) as base:
+        await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task(k) for k in keys])
+        async with fetcher(services, pipeline, base + "/users/{key}"):
+            await eventually(
+                lambda: _records_and_failed(amqp_connection, redis_client, pipeline, len(keys)),
+                what="every key handled",
+            )
+    assert await depth(amqp_connection, queues.fetch) == 0
+    records = [codec.decode_record(m.body) for m in await drain(amqp_connection, queues.records)]
+    assert sorted(r.key for r in records) == sorted(set(keys) - missing)
+    for r in records:
+        # The upstream saw each key whole: it served the user of exactly that key.
+        assert json.loads(r.payload) == user(r.key)
+        assert before - timedelta(seconds=1) <= r.fetched_at <= datetime.now(UTC)
+    failed = {k.decode() for k in await redis_client.smembers(redis_keys.failed_set(pipeline))}
+    assert failed == missing
+    info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), min(missing)))
+    assert info["status"] == 404
+    assert info["reason"] == "HTTP 404 Not Found"
+    assert datetime.fromisoformat(info["at"]) >= before - timedelta(seconds=1)
+
+
+async def _records_and_failed(
+    connection: AbstractConnection, client: aioredis.Redis, pipeline: str, n: int
+) -> bool:
+    records = await depth(connection, topology.Queues(pipeline).records)
+    failed = await client.scard(redis_keys.failed_set(pipeline))
+    return records + int(failed) >= n
+
+
+async def test_a_200_that_is_not_json_and_a_server_error_are_failures(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        if request.match_info["key"] == "html":
+            return web.Response(text="<html>hello</html>", content_type="text/html")
+        if request.match_info["key"] == "boom":
+            return web.Response(status=500, text="boom")
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/x/{key}", handler)
+    queues = topology.Queues(pipeline)
+    async with http_server(app) as base:
+        await publish(
+            amqp_connection,
+            pipeline,
+            queues.fetch,
+            [codec.encode_task(k) for k in ("html", "fine", "boom")],
+        )
+        async with fetcher(services, pipeline, base + "/x/{key}"):
+            await eventually(
+                lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 3)
+            )
+    infos = {
+        k.decode(): json.loads(v)
+        for k, v in (await redis_client.hgetall(redis_keys.failed_info(pipeline))).items()
+    }
+    assert set(infos) == {"html", "boom"}
+    assert infos["html"]["reason"].startswith("body is not JSON")
+    assert infos["boom"]["status"] == 500
+    assert await depth(amqp_connection, queues.records) == 1
+
+
+async def test_unreachable_upstream_is_recorded_as_a_connection_failure(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    # Nothing listens on port 9 of loopback (the discard port is not served here).
+    queues = topology.Queues(pipeline)
+    await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task("k")])
+    async with fetcher(services, pipeline, "http://127.0.0.1:9/{key}"):
+        await eventually(lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 1))
+    info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), "k"))
+    assert info["reason"].startswith("connection error")
+    assert info["status"] is None

@@ -1,0 +1,94 @@
+import argparse
+
+import pytest
+
+from sluiceway_common import settings
+from sluiceway_common.settings import ConfigError
+
+SIZE = settings.Option(
+    "SLUICEWAY_BATCH_SIZE",
+    settings.integer(1, 10),
+    "an integer from 1 to 10",
+    "batch size",
+    default="5",
+)
+
+
+def parse(argv: list[str], options: tuple[settings.Option, ...]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    settings.add_options(parser, options)
+    return parser.parse_args(argv)
+
+
+def test_flag_beats_environment_beats_default() -> None:
+    options = (SIZE,)
+    assert settings.resolve(parse([], options), options, {}) == {"batch_size": 5}
+    env = {"SLUICEWAY_BATCH_SIZE": "7"}
+    assert settings.resolve(parse([], options), options, env) == {"batch_size": 7}
+    assert settings.resolve(parse(["--batch-size", "9"], options), options, env) == {
+        "batch_size": 9
+    }
+
+
+@pytest.mark.parametrize("raw", ["0", "11", "five", "", "2.5"])
+def test_bad_value_names_the_variable_and_what_is_allowed(raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings.resolve(None, (SIZE,), {"SLUICEWAY_BATCH_SIZE": raw})
+    message = str(caught.value)
+    assert message.startswith("SLUICEWAY_BATCH_SIZE=")
+    assert "an integer from 1 to 10" in message
+    assert "\n" not in message
+
+
+def test_bad_flag_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"^--batch-size='x'"):
+        settings.resolve(parse(["--batch-size", "x"], (SIZE,)), (SIZE,), {})
+
+
+def test_missing_required_value() -> None:
+    option = settings.Option("SLUICEWAY_SOURCE_URL", str, "a URL", "source")
+    with pytest.raises(ConfigError, match="SLUICEWAY_SOURCE_URL is not set: expected a URL"):
+        settings.resolve(None, (option,), {})
+
+
+def test_secret_value_is_masked_in_errors() -> None:
+    env = {"SLUICEWAY_AMQP_URL": "http://user:hunter2@host/"}
+    with pytest.raises(ConfigError) as caught:
+        settings.resolve(None, (settings.AMQP_URL,), env)
+    assert "hunter2" not in str(caught.value)
+    assert "user:***@host" in str(caught.value)
+
+
+def test_mask() -> None:
+    assert settings.mask("postgresql://u:p@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert settings.mask("redis://cache:6379/0") == "redis://cache:6379/0"
+    assert settings.mask("not a url") == "not a url"
+
+
+@pytest.mark.parametrize("name", ["default", "a", "users-v2", "x" * 63])
+def test_pipeline_names_allowed(name: str) -> None:
+    assert settings.pipeline_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "-a", "a-", "Users", "a.b", "a_b", "a b", "x" * 64, "a*", "a\n"]
+)
+def test_pipeline_names_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        settings.pipeline_name(name)
+
+
+@pytest.mark.parametrize(
+    ("parse", "raw"),
+    [
+        (settings.url("amqp", "amqps"), "http://host/"),
+        (settings.url("amqp"), "amqp:///"),
+        (settings.url("amqp"), "amqp://host:port/"),
+        (settings.number(0, 1), "nan"),
+        (settings.number(0, 1), "inf"),
+        (settings.number(0, 1), "1.5"),
+    ],
+)
+def test_parsers_refuse(parse: object, raw: str) -> None:
+    with pytest.raises(ValueError):
+        parse(raw)  # type: ignore[operator]
