@@ -14,7 +14,7 @@ export SLUICEWAY_TEST_DATABASE_URL ?= postgresql://sluiceway:sluiceway@127.0.0.1
 export SLUICEWAY_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SLUICEWAY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: help install services run test test-unit lint format typecheck clean
+.PHONY: help install services run test test-unit bench lint format typecheck clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ test: install services ## the whole test suite, on the real services
 
 test-unit: install ## the unit tests alone (no services)
 	$(BIN)/pytest tests/unit
+
+bench: install ## benchmarks, medians of rounds run side by side (not part of make test)
+	$(BIN)/python benchmarks/http_transport.py
 
 lint: install ## ruff
 	$(BIN)/ruff check .

@@ -15,21 +15,22 @@ from sluiceway_common.lifecycle import run_until_signalled
 from sluiceway_fetcher.config import OPTIONS, FetcherSettings
 from sluiceway_fetcher.consumer import Fetcher
 from sluiceway_fetcher.ratelimit import Gcra, LocalLimiter
+from sluiceway_fetcher.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
 
 
 async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
     queues = topology.Queues(config.pipeline)
-    limits = httpx.Limits(
-        max_connections=config.fetch_concurrency, max_keepalive_connections=config.fetch_concurrency
-    )
     connection = await amqp.connect(config.amqp_url, "fetcher")
     try:
         redis_client = aioredis.Redis.from_url(config.redis_url)
         try:
             await redis_client.ping()
-            async with httpx.AsyncClient(timeout=config.request_timeout, limits=limits) as http:
+            async with httpx.AsyncClient(
+                timeout=config.request_timeout,
+                transport=AiohttpTransport(config.fetch_concurrency),
+            ) as http:
                 channel = await connection.channel(publisher_confirms=True)
                 await channel.set_qos(prefetch_count=config.fetch_concurrency)
                 fetch_queue, *_ = await topology.declare(channel, queues)

@@ -1,0 +1,105 @@
+"""The fetcher's httpx transport over aiohttp, against real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from aiohttp import web
+
+from sluiceway_fetcher.transport import AiohttpTransport
+
+pytestmark = pytest.mark.integration
+
+
+async def echo(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"raw_path": request.raw_path, "ua": request.headers.getall("User-Agent", [])}
+    )
+
+
+async def zipped(_: web.Request) -> web.Response:
+    return web.Response(
+        body=gzip.compress(b'{"zipped": true}'),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+
+
+async def slow(_: web.Request) -> web.Response:
+    await asyncio.sleep(5)
+    return web.json_response({})
+
+
+@asynccontextmanager
+async def server() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_get("/zipped", zipped)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def client(request_timeout: float = 5.0) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=request_timeout, transport=AiohttpTransport(4)) as http:
+        yield http
+
+
+async def test_encoded_key_reaches_the_server_unchanged_and_headers_are_httpx_own() -> None:
+    async with server() as base, client() as http:
+        response = await http.get(base + "/users/a%2Fb%20c%3F")
+    assert response.status_code == 200
+    assert response.json()["raw_path"] == "/users/a%2Fb%20c%3F"
+    assert response.json()["ua"] == [f"python-httpx/{httpx.__version__}"]
+    assert response.reason_phrase == "OK"
+
+
+async def test_gzip_is_decoded_once() -> None:
+    async with server() as base, client() as http:
+        response = await http.get(base + "/zipped")
+    assert response.json() == {"zipped": True}
+
+
+async def test_a_slow_answer_is_a_read_timeout() -> None:
+    async with server() as base, client(request_timeout=0.2) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(base + "/slow")
+
+
+async def test_nothing_listening_is_a_connect_error() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(f"http://127.0.0.1:{port}/x")
+
+
+async def test_a_connection_cut_mid_body_is_a_transport_error() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"partial":')
+        await writer.drain()
+        writer.close()
+
+    tcp = await asyncio.start_server(cut, "127.0.0.1", 0)
+    port = tcp.sockets[0].getsockname()[1]
+    try:
+        async with client() as http:
+            with pytest.raises(httpx.TransportError):
+                await http.get(f"http://127.0.0.1:{port}/x")
+    finally:
+        tcp.close()
+        await tcp.wait_closed()
