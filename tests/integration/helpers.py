@@ -6,8 +6,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
+import aio_pika.exceptions
 from aio_pika.abc import AbstractConnection
 
 from sluiceway_common import codec, topology
@@ -69,3 +71,80 @@ async def drain(
     finally:
         await channel.close()
     return taken
+
+
+class TcpProxy:
+    """A loopback TCP proxy to a service, which a test can cut and restore.
+
+    Cutting closes every connection through it and stops listening, so the client sees
+    what it would see if the service went away; restoring listens again on the same port.
+    """
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 0)
+        self._url = parts
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """The target URL with the proxy's address in place of the service's."""
+        netloc = self._url.netloc.rsplit("@", 1)
+        address = f"127.0.0.1:{self.port}"
+        return urlunsplit(self._url._replace(
+            netloc=f"{netloc[0]}@{address}" if len(netloc) == 2 else address))  # fmt: skip
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+
+
+async def consumers(connection: AbstractConnection, queue: str) -> int:
+    """How many consumers ``queue`` has; 0 while it does not exist yet."""
+    channel = await connection.channel()
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.consumer_count or 0)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return 0
+    finally:
+        if not channel.is_closed:
+            await channel.close()

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import json
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+import zstandard
 from aio_pika.abc import AbstractConnection
 
 from sluiceway_common import topology
 from sluiceway_writer.config import WriterSettings
 from sluiceway_writer.main import serve
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, drain, eventually, publish, record
+from tests.integration.helpers import TcpProxy, consumers, depth, drain, eventually, publish, record
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -30,9 +34,10 @@ async def writer(
     *,
     batch_size: int,
     batch_timeout: float,
+    batch_max_bytes: int = 16 << 20,
 ) -> AsyncIterator[asyncio.Task[int]]:
     config = WriterSettings(
-        database_url, services.amqp, pipeline, batch_size, batch_timeout, "INFO"
+        database_url, services.amqp, pipeline, batch_size, batch_timeout, batch_max_bytes, "INFO"
     )
     stop = asyncio.Event()
     task = asyncio.create_task(serve(config, stop))
@@ -186,3 +191,226 @@ async def test_bad_messages_and_refused_rows_are_dead_lettered_and_neighbours_la
 
 async def _dead(connection: AbstractConnection, queue: str, n: int) -> bool:
     return await depth(connection, queue) >= n
+
+
+def packed(*bodies: bytes) -> bytes:
+    return b"[" + b",".join(bodies) + b"]"
+
+
+async def test_packed_and_compressed_messages_land_in_one_stream(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    db: asyncpg.Connection,
+    amqp_connection: AbstractConnection,
+) -> None:
+    queues = topology.Queues(pipeline)
+    batch = [record(f"p{i}", b'{"n": %d}' % i, T0) for i in range(40)]
+    await publish(amqp_connection, pipeline, queues.records, [record("single", b"1", T0)])
+    await publish(amqp_connection, pipeline, queues.records, [packed(*batch[:10])])
+    await publish(
+        amqp_connection, pipeline, queues.records, [gzip.compress(packed(*batch[10:20]))],
+        content_encoding="gzip",
+    )  # fmt: skip
+    await publish(
+        amqp_connection, pipeline, queues.records, [zstandard.compress(packed(*batch[20:40]))],
+        content_encoding="zstd",
+    )  # fmt: skip
+    await publish(
+        amqp_connection, pipeline, queues.records, [gzip.compress(record("gz", b"2", T0))],
+        content_encoding="gzip",
+    )  # fmt: skip
+    async with writer(services, database_url, pipeline, batch_size=16, batch_timeout=0.2):
+        await eventually(lambda: _has(db, pipeline, 42), what="42 rows")
+    landed = await rows(db, pipeline)
+    assert set(landed) == {"single", "gz"} | {f"p{i}" for i in range(40)}
+    assert landed["p33"] == ({"n": 33}, T0)
+    assert await depth(amqp_connection, queues.records) == 0
+    assert await depth(amqp_connection, queues.dead) == 0
+
+
+async def test_a_bad_element_of_a_packed_message_is_dead_lettered_alone(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    db: asyncpg.Connection,
+    amqp_connection: AbstractConnection,
+) -> None:
+    queues = topology.Queues(pipeline)
+    body = packed(
+        record("a", b"1", T0),
+        b'{"key": "no-time", "payload": 1}',
+        record("nul", b'"x\\u0000y"', T0),
+        record("b", b"2", T0),
+    )
+    await publish(amqp_connection, pipeline, queues.records, [body], headers={"origin": "test"})
+    async with writer(services, database_url, pipeline, batch_size=10, batch_timeout=0.1):
+        await eventually(lambda: _has(db, pipeline, 2))
+        await eventually(lambda: _dead(amqp_connection, queues.dead, 2))
+    assert set(await rows(db, pipeline)) == {"a", "b"}
+    dead = {}
+    for message in await drain(amqp_connection, queues.dead):
+        doc = json.loads(message.body)
+        assert isinstance(doc, dict)  # each bad element on its own, not the whole array
+        assert (message.headers or {})["origin"] == "test"
+        dead[doc["key"]] = str((message.headers or {})["x-sluiceway-reason"])
+    assert set(dead) == {"no-time", "nul"}
+    assert '"fetched_at"' in dead["no-time"]
+    assert dead["nul"].startswith("22P05")
+
+
+async def test_a_compression_bomb_is_dead_lettered_and_its_neighbours_land(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    db: asyncpg.Connection,
+    amqp_connection: AbstractConnection,
+) -> None:
+    queues = topology.Queues(pipeline)
+    bomb = zstandard.compress(b"[" + b" " * (8 << 20) + b"]")
+    await publish(amqp_connection, pipeline, queues.records, [record("before", b"1", T0)])
+    await publish(amqp_connection, pipeline, queues.records, [bomb], content_encoding="zstd")
+    await publish(amqp_connection, pipeline, queues.records, [record("after", b"1", T0)])
+    async with writer(
+        services, database_url, pipeline, batch_size=10, batch_timeout=0.1,
+        batch_max_bytes=1 << 20,
+    ):  # fmt: skip
+        await eventually(lambda: _has(db, pipeline, 2))
+        await eventually(lambda: _dead(amqp_connection, queues.dead, 1))
+    (dead,) = await drain(amqp_connection, queues.dead)
+    assert "larger than 1048576 bytes once decompressed" in str(
+        (dead.headers or {})["x-sluiceway-reason"]
+    )
+    assert dead.body == bomb  # the original, still compressed
+    assert dead.content_encoding == "zstd"
+
+
+async def test_a_batch_is_bounded_by_bytes(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    db: asyncpg.Connection,
+    amqp_connection: AbstractConnection,
+) -> None:
+    queues = topology.Queues(pipeline)
+    big = b'"' + b"x" * 4000 + b'"'
+    async with writer(
+        services, database_url, pipeline, batch_size=1000, batch_timeout=3600,
+        batch_max_bytes=10_000,
+    ):  # fmt: skip
+        # Three records of ~4 KB pass 10,000 bytes long before 1,000 rows or an hour.
+        await publish(amqp_connection, pipeline, queues.records,
+                      [record(f"k{i}", big, T0) for i in range(3)])  # fmt: skip
+        await eventually(lambda: _has(db, pipeline, 2), what="a batch cut by bytes")
+
+
+async def test_concurrent_writers_on_overlapping_keys_keep_the_newest_and_never_deadlock(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    db: asyncpg.Connection,
+    amqp_connection: AbstractConnection,
+) -> None:
+    queues = topology.Queues(pipeline)
+    rng = random.Random(7)
+    keys = [f"k{i:03d}" for i in range(200)]
+    versions = 8
+    bodies = [
+        record(key, b'{"v": %d}' % v, T0 + timedelta(seconds=v))
+        for v in range(versions)
+        for key in keys
+    ]
+    rng.shuffle(bodies)
+    # Packed in random groups so each writer's batches hit the same keys in random orders.
+    messages = [packed(*bodies[i : i + 7]) for i in range(0, len(bodies), 7)]
+    await publish(amqp_connection, pipeline, queues.records, messages)
+    deadlocks_before = await deadlocks(db)
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(4):
+            await stack.enter_async_context(
+                writer(services, database_url, pipeline, batch_size=64, batch_timeout=0.05)
+            )
+        await eventually(lambda: _drained(amqp_connection, queues.records), within=60)
+    landed = await rows(db, pipeline)
+    newest = T0 + timedelta(seconds=versions - 1)
+    assert landed == {key: ({"v": versions - 1}, newest) for key in keys}
+    assert await depth(amqp_connection, queues.dead) == 0
+    # A deadlock would only have been retried; PostgreSQL's count shows there was none.
+    await asyncio.sleep(1.1)  # statistics are flushed at most once a second
+    assert await deadlocks(db) == deadlocks_before
+
+
+async def deadlocks(db: asyncpg.Connection) -> int:
+    await db.execute("SELECT pg_stat_clear_snapshot()")
+    count: int = await db.fetchval(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return count
+
+
+async def _drained(connection: AbstractConnection, queue: str) -> bool:
+    return await depth(connection, queue) == 0
+
+
+async def test_a_database_outage_is_retried_and_nothing_is_dead_lettered(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    db: asyncpg.Connection,
+    amqp_connection: AbstractConnection,
+) -> None:
+    queues = topology.Queues(pipeline)
+    proxy = await TcpProxy(database_url).start()
+    try:
+        async with writer(services, proxy.url, pipeline, batch_size=5, batch_timeout=0.1):
+            await eventually(lambda: _consuming(amqp_connection, queues.records))
+            await proxy.cut()
+            await publish(amqp_connection, pipeline, queues.records,
+                          [record(f"k{i}", b"1", T0) for i in range(20)])  # fmt: skip
+            await asyncio.sleep(1.5)  # a few failed tries with backoff
+            assert await count(db, pipeline) == 0
+            await proxy.restore()
+            await eventually(lambda: _has(db, pipeline, 20), what="rows after the outage")
+    finally:
+        await proxy.close()
+    assert await depth(amqp_connection, queues.dead) == 0
+    assert await depth(amqp_connection, queues.records) == 0
+
+
+async def test_sigterm_during_an_outage_stops_promptly_and_returns_the_batch(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    db: asyncpg.Connection,
+    amqp_connection: AbstractConnection,
+) -> None:
+    queues = topology.Queues(pipeline)
+    proxy = await TcpProxy(database_url).start()
+    config = WriterSettings(database_url=proxy.url, amqp_url=services.amqp, pipeline=pipeline,
+                            batch_size=5, batch_timeout=0.1, batch_max_bytes=1 << 20,
+                            log_level="INFO")  # fmt: skip
+    stop = asyncio.Event()
+    try:
+        task = asyncio.create_task(serve(config, stop))
+        await eventually(lambda: _consuming(amqp_connection, queues.records))
+        await proxy.cut()
+        await publish(amqp_connection, pipeline, queues.records,
+                      [record(f"k{i}", b"1", T0) for i in range(12)])  # fmt: skip
+        await asyncio.sleep(3)  # the backoff has grown past a second
+        stop.set()
+        # Back within one more try, not after the backoff; exit status 1: batches unwritten.
+        assert await asyncio.wait_for(task, timeout=5) == 1
+    finally:
+        await proxy.close()
+    assert await count(db, pipeline) == 0
+    await eventually(lambda: _depth_is(amqp_connection, queues.records, 12),
+                     what="the unwritten records back on the queue")  # fmt: skip
+    assert await depth(amqp_connection, queues.dead) == 0
+
+
+async def _consuming(connection: AbstractConnection, queue: str) -> bool:
+    return await consumers(connection, queue) > 0
+
+
+async def _depth_is(connection: AbstractConnection, queue: str, n: int) -> bool:
+    return await depth(connection, queue) == n

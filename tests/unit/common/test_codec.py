@@ -1,7 +1,10 @@
+import gzip
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import zstandard
 
 from sluiceway_common import codec
 
@@ -54,3 +57,80 @@ def test_encode_refuses_naive_time() -> None:
 def test_bad_records_say_why(body: bytes, reason: str) -> None:
     with pytest.raises(codec.BadMessage, match=reason):
         codec.decode_record(body)
+
+
+def packed(*bodies: bytes) -> bytes:
+    return b"[" + b",".join(bodies) + b"]"
+
+
+def test_packed_message_decodes_every_record_and_isolates_bad_elements() -> None:
+    good = [codec.encode_record(f"k{i}", b'{"i": %d}' % i, NOW) for i in range(3)]
+    bad = b'{"key": "nope", "payload": 1}'
+    decoded = codec.decode_message(packed(good[0], bad, good[1], good[2]), None, 1 << 20)
+    assert [r.key for r in decoded.records] == ["k0", "k1", "k2"]
+    assert len(decoded.bad) == 1
+    element, reason = decoded.bad[0]
+    assert json.loads(element) == {"key": "nope", "payload": 1}
+    assert '"fetched_at"' in reason
+
+
+@pytest.mark.parametrize("body", [b"[]", b"42", b'"text"', b"null"])
+def test_bodies_that_hold_no_record(body: bytes) -> None:
+    with pytest.raises(codec.BadMessage):
+        codec.decode_message(body, None, 1 << 20)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_compressed_bodies(encoding: str) -> None:
+    body = packed(*(codec.encode_record(f"k{i}", b"[1,2,3]", NOW) for i in range(50)))
+    compressed = gzip.compress(body) if encoding == "gzip" else zstandard.compress(body)
+    assert len(compressed) < len(body)
+    decoded = codec.decode_message(compressed, encoding, 1 << 20)
+    assert len(decoded.records) == 50
+    assert decoded.size == len(body)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_a_decompression_bomb_is_refused(encoding: str) -> None:
+    bomb = b"[" + b" " * (50 << 20) + b"]"
+    small = gzip.compress(bomb) if encoding == "gzip" else zstandard.compress(bomb)
+    assert len(small) < 100_000
+    with pytest.raises(codec.BadMessage, match="larger than 1048576 bytes once decompressed"):
+        codec.decode_message(small, encoding, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "reason"),
+    [
+        (b"{}", "br", "unknown content_encoding 'br'"),
+        (b"not gzip at all", "gzip", "gzip body does not decompress"),
+        (b"not zstd at all", "zstd", "zstd body does not decompress"),
+        (b"x" * 100, None, "larger than 10 bytes"),
+    ],
+)
+def test_undecodable_bodies(body: bytes, encoding: str | None, reason: str) -> None:
+    with pytest.raises(codec.BadMessage, match=reason):
+        codec.decode_message(body, encoding, 10 if encoding is None else 1 << 20)
+
+
+@pytest.mark.parametrize("encoding", [None, "", "identity"])
+def test_plain_encodings(encoding: str | None) -> None:
+    body = codec.encode_record("k", b"1", NOW)
+    assert codec.decode_message(body, encoding, 1 << 20).records[0].key == "k"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"big": 18446744073709551616}',  # 2**64: past orjson's integers
+        b'{"big": -9223372036854775809}',
+        b'{"id": "12345678901234567890", "n": 1.5}',  # long digits in a string: exact path
+        b'{"f": 0.1, "e": 1e300, "u": "\\u00e9\\ud83d\\ude00"}',  # the fast path
+    ],
+)
+def test_payload_numbers_are_kept_exactly(payload: bytes) -> None:
+    record = codec.decode_record(codec.encode_record("k", payload, NOW))
+    assert json.loads(record.payload) == json.loads(payload)
+    big = re.search(rb"-?\d{19,}", payload)
+    if big is not None and b'"' + big.group() not in payload:
+        assert big.group().decode() in record.payload

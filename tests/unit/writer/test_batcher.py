@@ -43,7 +43,37 @@ def test_take_leaves_the_rest_with_their_own_clock() -> None:
     assert batcher.take() == [4]
 
 
-@pytest.mark.parametrize(("size", "timeout"), [(0, 1.0), (1, 0.0)])
-def test_refuses_nonsense(size: int, timeout: float) -> None:
+@pytest.mark.parametrize(
+    ("size", "timeout", "max_bytes"), [(0, 1.0, None), (1, 0.0, None), (1, 1.0, 0)]
+)
+def test_refuses_nonsense(size: int, timeout: float, max_bytes: int | None) -> None:
     with pytest.raises(ValueError):
-        Batcher(size, timeout)
+        Batcher(size, timeout, max_bytes)
+
+
+def test_rows_of_packed_messages_count_toward_the_size() -> None:
+    batcher: Batcher[str] = Batcher(size=100, timeout=10)
+    assert not batcher.add("a", now=0.0, rows=60)
+    assert batcher.add("b", now=0.0, rows=50)
+    # Whole messages only: the second would pass 100 rows, so it waits for the next batch.
+    assert batcher.take() == ["a"]
+    assert batcher.rows == 50
+    assert not batcher.due(0.0)
+
+
+def test_flushes_when_the_bytes_reach_the_bound() -> None:
+    batcher: Batcher[str] = Batcher(size=1000, timeout=10, max_bytes=1000)
+    assert not batcher.add("a", now=0.0, size=600)
+    assert batcher.add("b", now=0.0, size=600)
+    assert batcher.due(0.0)
+    assert batcher.take() == ["a"]
+    assert batcher.bytes == 600
+
+
+def test_a_message_larger_than_the_bound_goes_alone() -> None:
+    batcher: Batcher[str] = Batcher(size=1000, timeout=10, max_bytes=100)
+    batcher.add("huge", now=0.0, size=5000)
+    batcher.add("small", now=0.0, size=10)
+    assert batcher.take() == ["huge"]
+    assert batcher.take() == ["small"]
+    assert (batcher.rows, batcher.bytes) == (0, 0)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+from sluiceway_common.lifecycle import StartupError
 from sluiceway_common.settings import ConfigError
 
 
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sluiceway {args.command}: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"sluiceway {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return status

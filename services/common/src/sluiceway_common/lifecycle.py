@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sluiceway_common.settings import mask
+
+T = TypeVar("T")
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
@@ -26,3 +31,18 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
                 loop.remove_signal_handler(signum)
 
     return asyncio.run(runner())
+
+
+class StartupError(Exception):
+    """A service could not reach what it needs at start-up; the message is one line."""
+
+
+async def reach(what: str, url: str, connecting: Awaitable[T], timeout: float = 30.0) -> T:
+    """Await ``connecting`` (a client connecting to ``url``); turn any failure, refusal,
+    bad credentials or time-out alike, into a :class:`StartupError` naming ``what``, with
+    the URL's password masked."""
+    try:
+        return await asyncio.wait_for(connecting, timeout)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise StartupError(f"cannot reach {what} at {mask(url)}: {reason}") from exc

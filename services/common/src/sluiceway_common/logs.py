@@ -38,3 +38,6 @@ def setup(level: str, *, json_lines: bool | None = None) -> None:
     logging.getLogger("sluiceway_common").setLevel(level)
     for name in ("sluiceway_fetcher", "sluiceway_writer", "sluiceway_sample_api"):
         logging.getLogger(name).setLevel(level)
+    # aiormq logs each failed connection attempt as an error of its own; sluiceway says it
+    # once (at start-up) and aio-pika's robust connection warns of each reconnect.
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from sluiceway_common import amqp, logs, settings, topology
 from sluiceway_common.cli import Command
-from sluiceway_common.lifecycle import run_until_signalled
+from sluiceway_common.lifecycle import reach, run_until_signalled
 from sluiceway_fetcher.config import OPTIONS, FetcherSettings
 from sluiceway_fetcher.consumer import Fetcher
 from sluiceway_fetcher.ratelimit import Gcra, LocalLimiter
@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 
 async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
     queues = topology.Queues(config.pipeline)
-    connection = await amqp.connect(config.amqp_url, "fetcher")
+    connection = await reach("RabbitMQ", config.amqp_url, amqp.connect(config.amqp_url, "fetcher"))
     try:
         redis_client = aioredis.Redis.from_url(config.redis_url)
         try:
-            await redis_client.ping()
+            await reach("Redis", config.redis_url, redis_client.ping())
             async with httpx.AsyncClient(
                 timeout=config.request_timeout,
                 transport=AiohttpTransport(config.fetch_concurrency),

@@ -7,12 +7,22 @@ from dataclasses import dataclass
 
 from sluiceway_common import settings
 
+BATCH_MAX_BYTES = settings.Option(
+    "SLUICEWAY_BATCH_MAX_BYTES",
+    settings.integer(1024, 1 << 30),
+    "bytes, an integer from 1024 to 1073741824",
+    "flush a batch when its records reach this many bytes (decompressed); also the most one "
+    "message may decompress to",
+    default=str(16 << 20),
+)
+
 OPTIONS = (
     settings.DATABASE_URL,
     settings.AMQP_URL,
     settings.PIPELINE,
     settings.BATCH_SIZE,
     settings.BATCH_TIMEOUT,
+    BATCH_MAX_BYTES,
     settings.LOG_LEVEL,
 )
 
@@ -24,6 +34,7 @@ class WriterSettings:
     pipeline: str
     batch_size: int
     batch_timeout: float
+    batch_max_bytes: int
     log_level: str
 
     @classmethod

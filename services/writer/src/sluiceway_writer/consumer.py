@@ -1,8 +1,9 @@
-"""The writer's subscription: buffer records, flush batches, ack what committed.
+"""The writer's subscription: decode records as they arrive, flush batches, ack what committed.
 
 Messages are acked only after their batch committed, with one ``multiple`` ack per batch.
 A message that cannot be a record (not JSON, no key, a bad ``fetched_at``, an unknown
-encoding) and a row PostgreSQL refuses go to the dead-letter queue with the reason in the
+encoding, too large once decompressed), a bad element of a packed message, and a row
+PostgreSQL refuses each go to the dead-letter queue with the reason in the
 ``x-sluiceway-reason`` header, and are acked with their batch; the rest of the batch lands.
 When PostgreSQL is away the batch is retried with backoff and nothing is dead-lettered.
 """
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aio_pika.exceptions
 import aiormq.exceptions
@@ -30,7 +32,15 @@ DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeo
 BROKER_ERRORS = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, ConnectionError)
 RETRY_FIRST_DELAY = 0.5
 RETRY_MAX_DELAY = 30.0
-PLAIN_ENCODINGS = {None, "", "identity"}
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message as the batcher holds it: decoded on arrival, or the reason it cannot be."""
+
+    message: AbstractIncomingMessage
+    decoded: codec.Decoded | None
+    error: str | None = None
 
 
 class DatabaseUnavailable(Exception):
@@ -43,7 +53,8 @@ class Writer:
         channel: AbstractChannel,
         queues: topology.Queues,
         sink: Sink,
-        batcher: Batcher[AbstractIncomingMessage],
+        batcher: Batcher[Delivery],
+        stop: asyncio.Event,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
@@ -52,21 +63,30 @@ class Writer:
         self._batcher = batcher
         self._clock = clock
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stop = stop
         self.written = 0
         self.dead = 0
         self.batches = 0
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        full = self._batcher.add(message, self._clock())
+        # Decoding here, not at the flush, overlaps it with the database writing the batch
+        # before, and tells the batcher how many rows and bytes the message weighs.
+        limit = self._batcher.max_bytes or len(message.body) * 1000 + 1
+        try:
+            decoded = codec.decode_message(message.body, message.content_encoding, limit)
+        except codec.BadMessage as exc:
+            delivery, rows, size = Delivery(message, None, str(exc)), 1, len(message.body)
+        else:
+            delivery, rows, size = Delivery(message, decoded), len(decoded.records), decoded.size
+        full = self._batcher.add(delivery, self._clock(), max(rows, 1), size)
         if full or len(self._batcher) == 1:
             self._wake.set()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Flush batches as they come due until ``stop`` is set."""
-        stopped = asyncio.create_task(stop.wait())
+    async def run(self) -> None:
+        """Flush batches as they come due until the stop event is set."""
+        stopped = asyncio.create_task(self._stop.wait())
         try:
-            while not stop.is_set():
+            while not self._stop.is_set():
                 deadline = self._batcher.deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self._clock())
                 woken = asyncio.create_task(self._wake.wait())
@@ -81,44 +101,40 @@ class Writer:
             stopped.cancel()
 
     async def drain(self) -> None:
-        """Flush everything held, trying the database once more for each batch."""
-        self._stopping = True
+        """Flush everything held; once stopping, a batch gets one try at the database."""
         while len(self._batcher):
             await self.flush()
 
     async def flush(self) -> None:
-        messages = self._batcher.take()
+        deliveries = self._batcher.take()
         records: list[codec.Record] = []
         origin: dict[int, AbstractIncomingMessage] = {}
-        rejects: list[tuple[AbstractIncomingMessage, str]] = []
-        for message in messages:
-            try:
-                record = self._decode(message)
-            except codec.BadMessage as exc:
-                rejects.append((message, str(exc)))
+        # (the message it came in, the body to dead-letter or None for the message's own, why)
+        rejects: list[tuple[AbstractIncomingMessage, bytes | None, str]] = []
+        for delivery in deliveries:
+            if delivery.decoded is None:
+                rejects.append((delivery.message, None, delivery.error or "undecodable"))
                 continue
-            records.append(record)
-            origin[id(record)] = message
+            for body, reason in delivery.decoded.bad:
+                rejects.append((delivery.message, body, reason))
+            for record in delivery.decoded.records:
+                records.append(record)
+                origin[id(record)] = delivery.message
         started = self._clock()
         refused = await self._write(records)
-        rejects.extend((origin[id(record)], reason) for record, reason in refused)
-        for message, reason in rejects:
-            await self._dead_letter(message, reason)
-        await self._ack(messages)
+        for record, reason in refused:
+            body = codec.encode_record(record.key, record.payload.encode(), record.fetched_at)
+            rejects.append((origin[id(record)], body, reason))
+        for message, dead_body, reason in rejects:
+            await self._dead_letter(message, dead_body, reason)
+        await self._ack([d.message for d in deliveries])
         self.batches += 1
         self.written += len(records) - len(refused)
         self.dead += len(rejects)
         log.debug(
-            "flushed %d messages (%d dead) in %.3fs",
-            len(messages),
-            len(rejects),
-            self._clock() - started,
-        )
-
-    def _decode(self, message: AbstractIncomingMessage) -> codec.Record:
-        if message.content_encoding not in PLAIN_ENCODINGS:
-            raise codec.BadMessage(f"unknown content_encoding {message.content_encoding!r}")
-        return codec.decode_record(message.body)
+            "flushed %d messages, %d rows (%d dead) in %.3fs",
+            len(deliveries), len(records), len(rejects), self._clock() - started,
+        )  # fmt: skip
 
     async def _write(self, records: list[codec.Record]) -> list[tuple[codec.Record, str]]:
         delay = RETRY_FIRST_DELAY
@@ -126,25 +142,30 @@ class Writer:
             try:
                 return await self._sink.write(records)
             except DATABASE_ERRORS as exc:
-                if self._stopping:
-                    raise DatabaseUnavailable(str(exc)) from exc
+                if self._stop.is_set():
+                    raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
                 log.warning(
                     "database write failed, retrying in %.1fs: %s: %s",
-                    delay,
-                    type(exc).__name__,
-                    exc,
-                )
+                    delay, type(exc).__name__, exc,
+                )  # fmt: skip
                 log.debug("database write failure", exc_info=True)
-                await asyncio.sleep(delay)
+                # A SIGTERM cuts the backoff short: one more try, then the writer stops.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, RETRY_MAX_DELAY)
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, body: bytes | None, reason: str
+    ) -> None:
+        """Publish ``body`` (the message's own when ``None``) to the dead-letter queue."""
         log.warning("dead-lettering a record: %s", reason)
         headers = dict(message.headers or {})
         headers["x-sluiceway-reason"] = reason[:1000]
         await self._channel.default_exchange.publish(
             topology.persistent(
-                message.body, headers=headers, content_encoding=message.content_encoding
+                message.body if body is None else body,
+                headers=headers,
+                content_encoding=message.content_encoding if body is None else None,
             ),
             routing_key=self._queues.dead,
             mandatory=True,

@@ -12,7 +12,7 @@ import sqlalchemy.exc
 
 from sluiceway_common import amqp, logs, settings, topology
 from sluiceway_common.cli import Command
-from sluiceway_common.lifecycle import run_until_signalled
+from sluiceway_common.lifecycle import reach, run_until_signalled
 from sluiceway_writer import schema
 from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.config import OPTIONS, WriterSettings
@@ -24,22 +24,30 @@ log = logging.getLogger(__name__)
 
 async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
     queues = topology.Queues(config.pipeline)
-    pool = await asyncpg.create_pool(
-        config.database_url, min_size=1, max_size=2, init=prepare_connection
+    pool = await reach(
+        "PostgreSQL",
+        config.database_url,
+        asyncpg.create_pool(config.database_url, min_size=1, max_size=2, init=prepare_connection),
     )
     try:
         async with pool.acquire() as conn:
             revision = await schema.check(conn)
-        connection = await amqp.connect(config.amqp_url, "writer")
+        connection = await reach(
+            "RabbitMQ", config.amqp_url, amqp.connect(config.amqp_url, "writer")
+        )
         try:
             channel = await connection.channel(publisher_confirms=True)
-            await channel.set_qos(prefetch_count=2 * config.batch_size)
+            # Two batches' worth, so one fills while the other is written. A packed message
+            # holds several rows, so this over-fetches for packed streams; the byte bound
+            # still caps each batch.
+            await channel.set_qos(prefetch_count=min(2 * config.batch_size, 65535))
             _, records_queue, _ = await topology.declare(channel, queues)
             writer = Writer(
                 channel,
                 queues,
                 Sink(pool, config.pipeline),
-                Batcher(config.batch_size, config.batch_timeout),
+                Batcher(config.batch_size, config.batch_timeout, config.batch_max_bytes),
+                stop,
             )
             tag = await records_queue.consume(writer.on_message)
             log.info(
@@ -49,14 +57,15 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
                 config.batch_size,
                 config.batch_timeout,
             )
-            await writer.run(stop)
-            await records_queue.cancel(tag)
-            # Let deliveries already on their way reach the batcher before the last flush.
-            await asyncio.sleep(0.05)
             try:
+                await writer.run()
+                await records_queue.cancel(tag)
+                # Let deliveries already on their way reach the batcher before the last flush.
+                await asyncio.sleep(0.05)
                 await writer.drain()
             except DatabaseUnavailable as exc:
-                log.error("stopping with a batch unwritten, returned to the queue: %s", exc)
+                # Closing the connection returns every unacked message to the queue.
+                log.error("stopping with batches unwritten, returned to the queue: %s", exc)
                 return 1
             await channel.close()
         finally:
