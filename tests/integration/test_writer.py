@@ -35,10 +35,12 @@ async def writer(
     batch_size: int,
     batch_timeout: float,
     batch_max_bytes: int = 16 << 20,
+    write_mode: str = "direct",
 ) -> AsyncIterator[asyncio.Task[int]]:
     config = WriterSettings(
-        database_url, services.amqp, pipeline, batch_size, batch_timeout, batch_max_bytes, "INFO"
-    )
+        database_url, services.amqp, pipeline, batch_size, batch_timeout, batch_max_bytes,
+        write_mode, merge_interval=0.1, log_level="INFO",
+    )  # fmt: skip
     stop = asyncio.Event()
     task = asyncio.create_task(serve(config, stop))
     try:
@@ -388,7 +390,7 @@ async def test_sigterm_during_an_outage_stops_promptly_and_returns_the_batch(
     proxy = await TcpProxy(database_url).start()
     config = WriterSettings(database_url=proxy.url, amqp_url=services.amqp, pipeline=pipeline,
                             batch_size=5, batch_timeout=0.1, batch_max_bytes=1 << 20,
-                            log_level="INFO")  # fmt: skip
+                            write_mode="direct", merge_interval=0.5, log_level="INFO")  # fmt: skip
     stop = asyncio.Event()
     try:
         task = asyncio.create_task(serve(config, stop))

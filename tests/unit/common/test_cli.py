@@ -36,6 +36,8 @@ def test_help_lists_every_subcommand() -> None:
             "requests per second",
         ),
         (("status", "--pipeline", "Bad Name"), "--pipeline='Bad Name'", "lowercase"),
+        (("writer", "--write-mode", "fast"), "--write-mode='fast'", "direct or buffered"),
+        (("writer", "--batch-max-bytes", "10"), "--batch-max-bytes='10'", "from 1024"),
     ],
 )
 def test_bad_config_exits_2_with_one_line(

@@ -37,12 +37,12 @@ class StartupError(Exception):
     """A service could not reach what it needs at start-up; the message is one line."""
 
 
-async def reach(what: str, url: str, connecting: Awaitable[T], timeout: float = 30.0) -> T:
+async def reach(what: str, url: str, connecting: Awaitable[T], within: float = 30.0) -> T:
     """Await ``connecting`` (a client connecting to ``url``); turn any failure, refusal,
     bad credentials or time-out alike, into a :class:`StartupError` naming ``what``, with
     the URL's password masked."""
     try:
-        return await asyncio.wait_for(connecting, timeout)
+        return await asyncio.wait_for(connecting, within)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise StartupError(f"cannot reach {what} at {mask(url)}: {reason}") from exc

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass
 
 from sluiceway_common import settings
+from sluiceway_writer.sink import WRITE_MODES
 
 BATCH_MAX_BYTES = settings.Option(
     "SLUICEWAY_BATCH_MAX_BYTES",
@@ -16,6 +17,29 @@ BATCH_MAX_BYTES = settings.Option(
     default=str(16 << 20),
 )
 
+
+def write_mode(text: str) -> str:
+    if text.strip() not in WRITE_MODES:
+        raise ValueError("")
+    return text.strip()
+
+
+WRITE_MODE = settings.Option(
+    "SLUICEWAY_WRITE_MODE",
+    write_mode,
+    "direct or buffered",
+    "direct: each batch upserts into records; buffered: each batch appends to records_buffer "
+    "and one merger at a time moves rows into records",
+    default="direct",
+)
+MERGE_INTERVAL = settings.Option(
+    "SLUICEWAY_MERGE_INTERVAL",
+    settings.number(0.01, 3600),
+    "seconds, a number from 0.01 to 3600",
+    "buffered mode: how often the merger moves buffered rows into records",
+    default="0.5",
+)
+
 OPTIONS = (
     settings.DATABASE_URL,
     settings.AMQP_URL,
@@ -23,6 +47,8 @@ OPTIONS = (
     settings.BATCH_SIZE,
     settings.BATCH_TIMEOUT,
     BATCH_MAX_BYTES,
+    WRITE_MODE,
+    MERGE_INTERVAL,
     settings.LOG_LEVEL,
 )
 
@@ -35,6 +61,8 @@ class WriterSettings:
     batch_size: int
     batch_timeout: float
     batch_max_bytes: int
+    write_mode: str
+    merge_interval: float
     log_level: str
 
     @classmethod

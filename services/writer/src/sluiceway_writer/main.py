@@ -17,6 +17,7 @@ from sluiceway_writer import schema
 from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.config import OPTIONS, WriterSettings
 from sluiceway_writer.consumer import DatabaseUnavailable, Writer
+from sluiceway_writer.merger import Merger
 from sluiceway_writer.sink import Sink, prepare_connection
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,20 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
             writer = Writer(
                 channel,
                 queues,
-                Sink(pool, config.pipeline),
+                Sink(pool, config.pipeline, config.write_mode),
                 Batcher(config.batch_size, config.batch_timeout, config.batch_max_bytes),
                 stop,
             )
+            merger = merging = None
+            if config.write_mode == "buffered":
+                merger = Merger(pool, config.pipeline, config.merge_interval)
+                merging = asyncio.create_task(merger.run(stop))
             tag = await records_queue.consume(writer.on_message)
             log.info(
-                "writing %s to PostgreSQL (schema %s), batches of %d or %gs",
+                "writing %s to PostgreSQL (schema %s, %s mode), batches of %d or %gs",
                 queues.records,
                 revision,
+                config.write_mode,
                 config.batch_size,
                 config.batch_timeout,
             )
@@ -67,6 +73,11 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
                 # Closing the connection returns every unacked message to the queue.
                 log.error("stopping with batches unwritten, returned to the queue: %s", exc)
                 return 1
+            finally:
+                if merging is not None:
+                    await merging
+            if merger is not None:
+                await final_merge(merger)
             await channel.close()
         finally:
             await connection.close()
@@ -79,6 +90,15 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
         writer.dead,
     )
     return 0
+
+
+async def final_merge(merger: Merger) -> None:
+    """Merge what this writer buffered last, so a pipeline's last writer leaves nothing behind;
+    rows that stay buffered (another merger busy, database away) wait for the next merger."""
+    try:
+        await merger.drain()
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("last merge failed; rows stay buffered for the next merger: %s", exc)
 
 
 def configure_writer(parser: argparse.ArgumentParser) -> None:

@@ -1,9 +1,12 @@
 """Landing batches of records in PostgreSQL.
 
-A batch is written in one transaction: COPY into a per-connection temporary staging table,
-then one ``INSERT … ON CONFLICT`` into ``records``. The upsert keeps the newest ``fetched_at``
-of each key, so writing a batch twice changes nothing; records are collapsed per key and sorted
-by key before the write, so concurrent writers take row locks in the same order.
+In ``direct`` mode a batch is written in one transaction: COPY into a per-connection
+temporary staging table, then one ``INSERT … ON CONFLICT`` into ``records``. The upsert keeps
+the newest ``fetched_at`` of each key, so writing a batch twice changes nothing; records are
+collapsed per key and sorted by key before the write, so concurrent writers take row locks in
+the same order. In ``buffered`` mode a batch is one COPY appended to ``records_buffer``, which
+takes no row lock at all; the merger (see ``merger.py``) moves buffered rows into ``records``
+with the same upsert.
 
 Errors fall in two kinds. A *refused row* (an SQLSTATE of class 22, data exception, or 23,
 integrity violation) is the data's fault: the batch is split in halves until the refused rows
@@ -57,10 +60,17 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(STAGE_DDL)
 
 
+BUFFER_COLUMNS = ("pipeline", "key", "payload", "fetched_at")
+WRITE_MODES = ("direct", "buffered")
+
+
 class Sink:
-    def __init__(self, pool: asyncpg.Pool, pipeline: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, pipeline: str, mode: str = "direct") -> None:
+        if mode not in WRITE_MODES:
+            raise ValueError(f"write mode {mode!r}: expected one of {WRITE_MODES}")
         self._pool = pool
         self._pipeline = pipeline
+        self._mode = mode
 
     async def write(self, records: Sequence[Record]) -> list[tuple[Record, str]]:
         """Land ``records``; return the rows PostgreSQL refused with its reason for each."""
@@ -85,6 +95,14 @@ class Sink:
             await self._write_isolating(rows[middle:], refused)
 
     async def _write_once(self, rows: list[Record]) -> None:
+        if self._mode == "buffered":
+            async with self._pool.acquire() as conn:
+                await conn.copy_records_to_table(
+                    "records_buffer",
+                    records=[(self._pipeline, r.key, r.payload, r.fetched_at) for r in rows],
+                    columns=BUFFER_COLUMNS,
+                )
+            return
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.copy_records_to_table(
                 "sluiceway_stage",
