@@ -7,13 +7,26 @@ import os
 import socket
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
+
+
+def _connection_name(role: str) -> str:
+    """How the broker lists the connection: which sluiceway part, on which host and process."""
+    return f"sluiceway-{role}@{socket.gethostname()}:{os.getpid()}"
 
 
 async def connect(url: str, role: str) -> AbstractRobustConnection:
     """The process's one connection; it reconnects and restores its channels by itself."""
-    name = f"sluiceway-{role}@{socket.gethostname()}:{os.getpid()}"
-    return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+    return await aio_pika.connect_robust(
+        url, client_properties={"connection_name": _connection_name(role)}
+    )
+
+
+async def connect_plain(url: str, role: str) -> AbstractConnection:
+    """A connection that does not reconnect: for work whose acks must not outlive a channel."""
+    return await aio_pika.connect(
+        url, client_properties={"connection_name": _connection_name(role)}
+    )
 
 
 class ConfirmedPublisher:

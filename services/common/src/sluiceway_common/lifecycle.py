@@ -1,4 +1,4 @@
-"""Running a service: one event loop, SIGTERM and SIGINT turned into a stop event."""
+"""Running a service: one uvloop event loop, SIGTERM and SIGINT turned into a stop event."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+import uvloop
 
 from sluiceway_common.settings import mask
 
@@ -30,7 +32,10 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
 
-    return asyncio.run(runner())
+    # uvloop: the client libraries' per-message work is mostly event-loop calls, and the
+    # writer lands about a quarter more single-record messages a second on it (README).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+        return loop_runner.run(runner())
 
 
 class StartupError(Exception):
