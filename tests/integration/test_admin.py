@@ -118,6 +118,7 @@ async def test_status_json_counts_queues_rows_and_failed(
     assert by_name[queues.records]["ready"] == 0
     assert status["rows"] == 0
     assert status["failed"] == 2
+    assert status["buffered"] == 0
     text = sluiceway(services, database_url, pipeline, "status")
     assert "keys failed   2" in text.stdout
 

@@ -12,6 +12,7 @@ import pytest
 from aio_pika.abc import AbstractConnection
 
 from sluiceway_common import topology
+from sluiceway_common.status import collect
 from sluiceway_writer.merger import LOCK, Merger
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import depth, eventually, publish, record
@@ -58,8 +59,9 @@ async def test_merge_moves_the_newest_of_each_key_and_empties_the_buffer(
     assert landed["kept"] == ({"v": 9}, T0 + timedelta(seconds=9))  # older buffered row lost
 
 
-async def test_only_one_merger_at_a_time(database_url: str, pipeline: str,
-                                         db: asyncpg.Connection) -> None:  # fmt: skip
+async def test_only_one_merger_at_a_time(
+    services: ServiceUrls, database_url: str, pipeline: str, db: asyncpg.Connection
+) -> None:
     await buffer(db, pipeline, ("a", 1))
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:
@@ -68,6 +70,8 @@ async def test_only_one_merger_at_a_time(database_url: str, pipeline: str,
             assert await db.fetchval(LOCK, pipeline)  # another merger is at work
             assert await merger.merge_once() is None
             assert await buffered(db, pipeline) == 1
+        status = await collect(database_url, services.amqp, services.redis, pipeline)
+        assert status.buffered == 1
         assert await merger.merge_once() == 1
     finally:
         await pool.close()

@@ -38,6 +38,7 @@ class Status:
     queues: list[QueueDepth]
     rows: int | None  # None: the records table does not exist (run `sluiceway migrate`)
     failed: int
+    buffered: int = 0  # rows in records_buffer, waiting for a buffered-mode merger
 
     def depth(self, name: str) -> int:
         return sum(q.ready for q in self.queues if q.name == name)
@@ -62,6 +63,15 @@ async def queue_depths(
             if not channel.is_closed:
                 await channel.close()
     return depths
+
+
+async def buffered_count(conn: asyncpg.Connection, pipeline: str) -> int:
+    if await conn.fetchval("SELECT to_regclass('records_buffer')") is None:
+        return 0
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM records_buffer WHERE pipeline = $1", pipeline
+    )
+    return count
 
 
 async def row_count(conn: asyncpg.Connection, pipeline: str) -> int | None:
@@ -96,8 +106,9 @@ class StatusReader:
     async def read(self, pipeline: str) -> Status:
         depths = await queue_depths(self._amqp, topology.Queues(pipeline).all())
         rows = await row_count(self._db, pipeline)
+        buffered = await buffered_count(self._db, pipeline)
         failed = await self._redis.scard(redis_keys.failed_set(pipeline))
-        return Status(pipeline, depths, rows, int(failed))
+        return Status(pipeline, depths, rows, int(failed), buffered)
 
 
 async def collect(database_url: str, amqp_url: str, redis_url: str, pipeline: str) -> Status:
@@ -112,6 +123,8 @@ def render(status: Status) -> str:
         lines.append(f"  {q.name:<48}{state}")
     rows = "table missing: run `sluiceway migrate`" if status.rows is None else f"{status.rows:,}"
     lines.append(f"  rows landed   {rows}")
+    if status.buffered:
+        lines.append(f"  rows buffered {status.buffered:,} (waiting for the merger)")
     lines.append(f"  keys failed   {status.failed:,}")
     return "\n".join(lines)
 
