@@ -37,8 +37,11 @@ test: install services ## the whole test suite, on the real services
 test-unit: install ## the unit tests alone (no services)
 	$(BIN)/pytest tests/unit
 
-bench: install ## benchmarks, medians of rounds run side by side (not part of make test)
+bench: install services ## benchmarks, medians of rounds run side by side (not part of make test)
+	UV_PYTHON_PREFERENCE=system "$(UV)" sync --frozen --all-packages --group bench --python '>=3.11'
 	$(BIN)/python benchmarks/http_transport.py
+	$(BIN)/python benchmarks/writer.py
+	$(BIN)/python -m benchmarks.write_modes
 
 lint: install ## ruff
 	$(BIN)/ruff check .

@@ -81,3 +81,17 @@ def test_migrate_reports_an_unreachable_database_in_one_line(services: ServiceUr
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot reach the database" in result.stderr
+
+
+async def test_writer_refuses_a_schema_behind_its_head(
+    services: ServiceUrls, empty_database: str
+) -> None:
+    from alembic import command
+
+    await asyncio.to_thread(command.upgrade, schema.alembic_config(empty_database), "0001")
+    refused = sluiceway(empty_database, services.amqp, "writer")
+    assert refused.returncode == 3
+    assert refused.stderr.strip() == (
+        f"sluiceway writer: the database schema is at revision 0001, behind this writer's "
+        f"{schema.head()}: run `sluiceway migrate`"
+    )
