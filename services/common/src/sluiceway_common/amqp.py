@@ -29,6 +29,13 @@ async def connect_plain(url: str, role: str) -> AbstractConnection:
     )
 
 
+async def publishing_channel(connection: AbstractConnection) -> AbstractChannel:
+    """A channel whose publishes wait for the broker's confirm, and fail when the broker
+    returns a message it could not route (its queue deleted, say) instead of letting it be
+    taken for delivered: aio-pika only logs such a return unless told to raise."""
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+
 class ConfirmedPublisher:
     """Publishes to one queue through the default exchange with up to ``window`` unconfirmed.
 

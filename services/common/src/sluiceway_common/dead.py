@@ -171,7 +171,7 @@ async def dead_queue(
     connection: AbstractConnection, queues: topology.Queues, *, confirms: bool = False
 ) -> AbstractQueue:
     """The dead queue on a new channel, after declaring the pipeline's queues."""
-    channel = await connection.channel(publisher_confirms=confirms)
+    channel = await connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
     declared = dict(zip(queues.all(), await topology.declare(channel, queues), strict=True))
     return declared[queues.dead]
 

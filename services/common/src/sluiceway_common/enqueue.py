@@ -55,7 +55,7 @@ async def enqueue(amqp_url: str, pipeline: str, stream: BinaryIO, show: Progress
     queues = topology.Queues(pipeline)
     connection = await amqp.connect(amqp_url, "enqueue")
     try:
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await amqp.publishing_channel(connection)
         await topology.declare(channel, queues)
         publisher = amqp.ConfirmedPublisher(channel, queues.fetch)
         try:

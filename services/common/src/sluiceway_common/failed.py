@@ -52,7 +52,7 @@ async def retry_failed(amqp_url: str, redis_url: str, pipeline: str) -> int:
     connection = await amqp.connect(amqp_url, "failed-retry")
     retried = 0
     try:
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await amqp.publishing_channel(connection)
         await topology.declare(channel, queues)
         # SSCAN over a set that shrinks as we go may repeat or skip members, so take one
         # snapshot of the keys first and work through it.

@@ -37,7 +37,7 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
             "RabbitMQ", config.amqp_url, amqp.connect(config.amqp_url, "writer")
         )
         try:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await amqp.publishing_channel(connection)
             # Two batches' worth, so one fills while the other is written. A packed message
             # holds several rows, so this over-fetches for packed streams; the byte bound
             # still caps each batch.
