@@ -156,7 +156,11 @@ async def pipeline(services: ServiceUrls, database_url: str) -> AsyncIterator[st
         await connection.close()
     client = aioredis.Redis.from_url(services.redis)
     try:
-        await client.delete(redis_keys.failed_set(name), redis_keys.failed_info(name))
+        await client.delete(
+            redis_keys.failed_set(name), redis_keys.failed_info(name),
+            redis_keys.rate_last(name), redis_keys.rate_limit(name),
+            redis_keys.rate_pause_until(name),
+        )  # fmt: skip
     finally:
         await client.aclose()
     conn = await asyncpg.connect(database_url)

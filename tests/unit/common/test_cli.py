@@ -20,7 +20,8 @@ def sluiceway(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def test_help_lists_every_subcommand() -> None:
     result = sluiceway("--help")
     assert result.returncode == 0
-    for name in ("migrate", "enqueue", "fetcher", "writer", "status", "failed", "sample-api"):
+    for name in ("migrate", "enqueue", "fetcher", "writer", "status", "failed", "dead", "rate",
+                 "sample-api", "demo"):  # fmt: skip
         assert name in result.stdout
 
 

@@ -1,8 +1,10 @@
+from datetime import UTC, datetime
+
 import httpx
 import pytest
 
 from sluiceway_fetcher.config import source_template
-from sluiceway_fetcher.source import Failed, Fetched, classify, key_url
+from sluiceway_fetcher.source import Failed, Fetched, classify, key_url, retry_after
 
 
 @pytest.mark.parametrize(
@@ -61,3 +63,84 @@ def test_error_status_fails_with_it(status: int) -> None:
     assert isinstance(outcome, Failed)
     assert outcome.status == status
     assert outcome.reason.startswith(f"HTTP {status}")
+
+
+NOW = datetime(2026, 11, 29, 18, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("0", 0.0),
+        ("1.5", 1.5),
+        ("99999999", 99999999.0),  # capped where it is applied, not here
+        ("Sun, 29 Nov 2026 18:00:30 GMT", 30.0),  # IMF-fixdate
+        ("Sunday, 29-Nov-26 18:01:00 GMT", 60.0),  # RFC 850
+        ("Sun Nov 29 18:00:05 2026", 5.0),  # asctime, which has no zone: GMT
+        ("Sun, 29 Nov 2026 17:00:00 GMT", 0.0),  # already past
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-5", None),
+        ("1e3", None),
+        ("12 s", None),
+        ("Sun, 31 Feb 2026 18:00:00 GMT", None),
+        ("Sun, 29 Nov 99999 18:00:00 GMT", None),
+    ],
+)
+def test_retry_after(value: str | None, seconds: float | None) -> None:
+    assert retry_after(value, NOW) == seconds
+
+
+def response_with(status: int, **headers: str) -> httpx.Response:
+    return httpx.Response(
+        status, headers=headers, content=b"{}", request=httpx.Request("GET", "http://h/x")
+    )
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_429_and_503_carry_their_retry_after(status: int) -> None:
+    outcome = classify(response_with(status, **{"Retry-After": "30"}))
+    assert isinstance(outcome, Failed)
+    assert (outcome.status, outcome.retry_after) == (status, 30.0)
+    assert outcome.reason.startswith(f"HTTP {status}")
+
+
+def test_a_retry_after_date_counts_from_the_upstreams_own_date() -> None:
+    # The upstream's clock is an hour behind ours: its date and its Retry-After agree.
+    outcome = classify(
+        response_with(
+            429,
+            **{
+                "Retry-After": "Sun, 29 Nov 2026 17:00:45 GMT",
+                "Date": "Sun, 29 Nov 2026 17:00:00 GMT",
+            },
+        ),
+        now=NOW,
+    )
+    assert isinstance(outcome, Failed)
+    assert outcome.retry_after == 45.0
+    # Without a Date header, from ours.
+    outcome = classify(
+        response_with(429, **{"Retry-After": "Sun, 29 Nov 2026 18:00:45 GMT"}), now=NOW
+    )
+    assert isinstance(outcome, Failed)
+    assert outcome.retry_after == 45.0
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (429, {}),
+        (503, {"Retry-After": "garbage"}),
+        (500, {"Retry-After": "30"}),
+        (404, {"Retry-After": "30"}),
+    ],
+)
+def test_no_pause_without_a_retry_after_on_429_or_503(status: int, headers: dict[str, str]) -> None:
+    outcome = classify(response_with(status, **headers))
+    assert isinstance(outcome, Failed)
+    assert outcome.status == status
+    assert outcome.retry_after is None

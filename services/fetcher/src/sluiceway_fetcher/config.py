@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sluiceway_common import settings
 from sluiceway_common.settings import ConfigError, Option, Refused
@@ -41,12 +41,18 @@ REQUEST_TIMEOUT = Option(
     default="30",
 )
 
+RATE_LIMIT = replace(
+    settings.RATE_LIMIT,
+    help="requests per second to the upstream from all of the pipeline's fetchers together, "
+    "unless `sluiceway rate set` overrides it",
+)
+
 OPTIONS = (
     settings.AMQP_URL,
     settings.REDIS_URL,
     settings.PIPELINE,
     SOURCE_URL,
-    settings.RATE_LIMIT,
+    RATE_LIMIT,
     CONCURRENCY,
     REQUEST_TIMEOUT,
     settings.LOG_LEVEL,

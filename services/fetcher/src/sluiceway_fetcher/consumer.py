@@ -2,7 +2,11 @@
 
 A task is acked only after its outcome is safe: the record confirmed by the broker, or the
 key written to the failed set. A crash before that leaves the task unacked, and the broker
-delivers it again; both outcomes are idempotent, so a redelivery changes nothing.
+delivers it again; both outcomes are idempotent, so a redelivery changes nothing. A task
+waiting for the rate limit when the fetcher stops goes back to the queue.
+
+An upstream that answers 429 or 503 with Retry-After pauses the whole pipeline (every
+fetcher, through the shared limiter) before the key is recorded as failed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import redis.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from sluiceway_common import codec, redis_keys, topology
-from sluiceway_fetcher.ratelimit import LocalLimiter
+from sluiceway_fetcher.limiter import LimiterClosed, SharedLimiter
+from sluiceway_fetcher.ratelimit import MAX_PAUSE, pause_seconds
 from sluiceway_fetcher.source import Failed, Fetched, fetch
 
 log = logging.getLogger(__name__)
@@ -40,7 +45,7 @@ class Fetcher:
         queues: topology.Queues,
         http: httpx.AsyncClient,
         redis_client: aioredis.Redis,
-        limiter: LocalLimiter,
+        limiter: SharedLimiter,
         source_url: str,
     ) -> None:
         self._channel = channel
@@ -72,7 +77,11 @@ class Fetcher:
             log.warning("dropping fetch task %r: %s", message.body[:80], exc)
             await message.reject(requeue=False)
             return
-        await self._limiter.acquire()
+        try:
+            await self._limiter.acquire()
+        except LimiterClosed:
+            await message.nack(requeue=True)
+            return
         outcome = await fetch(self._http, self._source_url, key)
         if isinstance(outcome, Fetched):
             body = codec.encode_record(key, outcome.body, datetime.now(UTC))
@@ -82,6 +91,8 @@ class Fetcher:
             self.fetched += 1
         else:
             try:
+                if outcome.retry_after:
+                    await self._pause(key, outcome)
                 await self._record_failure(key, outcome)
             except redis.exceptions.RedisError as exc:
                 log.warning("cannot record failed key %r, Redis: %s; requeueing", key, exc)
@@ -91,6 +102,24 @@ class Fetcher:
             self.failed += 1
             log.info("key %r failed: %s", key, outcome.reason)
         await message.ack()
+
+    async def _pause(self, key: str, outcome: Failed) -> None:
+        assert outcome.retry_after is not None
+        seconds = pause_seconds(outcome.retry_after)
+        before, _ = await self._limiter.pause(seconds)
+        if before > 0:
+            # One warning a pause: the requests in flight when it began mostly answer alike.
+            log.debug("key %r: %s while paused; asked for %g s", key, outcome.reason, seconds)
+        elif seconds < outcome.retry_after:
+            log.warning(
+                "key %r: %s with Retry-After %g s; pausing the pipeline for the cap, %g s",
+                key, outcome.reason, outcome.retry_after, MAX_PAUSE,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "key %r: %s with Retry-After %g s; pausing the pipeline for that long",
+                key, outcome.reason, seconds,
+            )  # fmt: skip
 
     async def _record_failure(self, key: str, outcome: Failed) -> None:
         info = {

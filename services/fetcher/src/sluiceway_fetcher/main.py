@@ -14,7 +14,7 @@ from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach, run_until_signalled
 from sluiceway_fetcher.config import OPTIONS, FetcherSettings
 from sluiceway_fetcher.consumer import Fetcher
-from sluiceway_fetcher.ratelimit import Gcra, LocalLimiter
+from sluiceway_fetcher.limiter import SharedLimiter
 from sluiceway_fetcher.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
@@ -34,25 +34,23 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
                 channel = await connection.channel(publisher_confirms=True)
                 await channel.set_qos(prefetch_count=config.fetch_concurrency)
                 fetch_queue, *_ = await topology.declare(channel, queues)
-                fetcher = Fetcher(
-                    channel,
-                    queues,
-                    http,
-                    redis_client,
-                    LocalLimiter(Gcra(config.rate_limit)),
-                    config.source_url,
-                )
+                limiter = SharedLimiter(redis_client, config.pipeline, config.rate_limit)
+                fetcher = Fetcher(channel, queues, http, redis_client, limiter, config.source_url)
+                override = await limiter.override()
                 tag = await fetch_queue.consume(fetcher.on_message)
                 log.info(
-                    "fetching %s from %s at %g requests/s",
+                    "fetching %s from %s at %g requests/s for the whole pipeline%s",
                     queues.fetch,
                     config.source_url,
-                    config.rate_limit,
+                    config.rate_limit if override is None else override,
+                    "" if override is None else " (set with `sluiceway rate set`)",
                 )
                 await stop.wait()
                 await fetch_queue.cancel(tag)
-                # What is in hand finishes (bounded by the request timeout); tasks prefetched
-                # but not started go back to the queue when the channel closes.
+                # Tasks still waiting for a slot go back to the queue at once, rather than
+                # wait out the limit, a pause or a Redis outage; those given a slot go
+                # ahead, and what is in hand finishes (bounded by the request timeout).
+                limiter.close()
                 if fetcher.inflight:
                     await asyncio.wait(fetcher.inflight, timeout=config.request_timeout + 5)
                 await channel.close()

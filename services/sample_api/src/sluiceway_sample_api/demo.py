@@ -148,7 +148,7 @@ class Demo:
             raise DemoFailed(f"`sluiceway {' '.join(args)}` failed:\n{child.tail()}")
 
     async def reset(self) -> None:
-        """Empty the demo pipeline: its queues, failed set and rows."""
+        """Empty the demo pipeline: its queues, failed set, rate-limit state and rows."""
         connection = await amqp.connect(self.config.amqp_url, "demo")
         try:
             channel = await connection.channel()
@@ -158,10 +158,13 @@ class Demo:
             await connection.close()
         client = aioredis.Redis.from_url(self.config.redis_url)
         try:
+            pipeline = self.config.pipeline
+            # A rate override or pause left from earlier would hold the demo back.
             await client.delete(
-                redis_keys.failed_set(self.config.pipeline),
-                redis_keys.failed_info(self.config.pipeline),
-            )
+                redis_keys.failed_set(pipeline), redis_keys.failed_info(pipeline),
+                redis_keys.rate_last(pipeline), redis_keys.rate_limit(pipeline),
+                redis_keys.rate_pause_until(pipeline),
+            )  # fmt: skip
         finally:
             await client.aclose()
         conn = await asyncpg.connect(self.config.database_url)

@@ -1,0 +1,262 @@
+"""The pipeline's rate limit, shared by every fetcher process through Redis.
+
+Each reservation is one atomic step in Redis: a Lua script (run with EVALSHA) reads the
+pipeline's GCRA state, its limit override and its pause, and reserves slots with the
+arithmetic of :class:`sluiceway_fetcher.ratelimit.Gcra`, on Redis's own clock, so that the
+fetchers' clocks never matter. Within a process one reservation is in flight at a time, for
+every request then waiting (see :class:`SharedLimiter`).
+
+Redis keys (:mod:`sluiceway_common.redis_keys`): ``rate:last`` (the state; it expires once
+stale), ``rate:limit`` (``sluiceway rate set``; absent, each fetcher's own
+``SLUICEWAY_RATE_LIMIT`` applies) and ``rate:pause_until`` (an upstream's Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from sluiceway_common import redis_keys
+from sluiceway_common.settings import RATE_LIMIT
+from sluiceway_fetcher.ratelimit import AHEAD, BURST, SPARE
+
+log = logging.getLogger(__name__)
+
+# The arithmetic of Gcra.reserve, operation for operation (tests/integration/test_ratelimit.py
+# runs both on a table of cases and requires the same answers). Lua numbers are doubles, as
+# Python floats are.
+GCRA_LUA = """
+local function gcra(tat, now, pause_until, rate, wanted, burst_seconds, ahead, spare)
+  local interval = 1 / rate
+  local burst = 1 + math.floor(rate * burst_seconds)
+  local start = math.max(now, pause_until, tat - (burst - 1) * interval)
+  local room = now + ahead - start
+  if room < 0 then
+    return -room + ahead / 2, 0, tat, interval
+  end
+  if start == now then
+    wanted = wanted + math.floor(rate * spare)
+  end
+  local granted = math.min(wanted, math.floor(room / interval) + 1)
+  return start - now, granted, math.max(tat, start) + granted * interval, interval
+end
+"""
+
+HELPERS_LUA = """
+-- Redis turns a Lua number into an integer reply, and tostring() keeps 14 digits: times
+-- travel as strings of 17, which a double survives exactly.
+local function num(x)
+  return string.format('%.17g', x)
+end
+
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS: last, limit, pause_until. ARGV: this fetcher's rate, slots wanted, BURST, AHEAD, SPARE.
+# Returns {wait, granted, interval}: ``granted`` slots start ``wait`` seconds from now, one
+# every ``interval``; with none granted, ask again in ``wait`` seconds.
+RESERVE_LUA = (
+    GCRA_LUA
+    + HELPERS_LUA
+    + """
+local rate = tonumber(redis.call('GET', KEYS[2]))
+-- An override outside the range SLUICEWAY_RATE_LIMIT allows (the key written by hand) is
+-- ignored rather than trusted: a zero or a NaN would stop the pipeline or break the state.
+if not (rate and rate >= 0.01 and rate <= 1000000) then
+  rate = tonumber(ARGV[1])
+end
+local now = redis_now()
+-- The state is the last slot, not the TAT: the next slot is one interval after it at the
+-- limit in force now, so a new limit applies from the very next slot, not one old interval
+-- later (100 s at 0.01/s).
+local last = tonumber(redis.call('GET', KEYS[1]))
+local tat = last and last + 1 / rate or 0
+local pause_until = tonumber(redis.call('GET', KEYS[3])) or 0
+local wait, granted, new_tat, interval = gcra(tat, now, pause_until, rate,
+  tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+if granted > 0 then
+  -- Kept while any limit could still space a slot from it: 100 s, the interval of the
+  -- lowest limit allowed; an idle pipeline's state is gone after that.
+  local last_slot = new_tat - interval
+  redis.call('SET', KEYS[1], num(last_slot), 'PX', math.ceil((last_slot + 100 - now) * 1000))
+end
+return {num(wait), granted, num(interval)}
+"""
+)
+
+# KEYS: pause_until. ARGV: seconds. A pause is only ever extended, never shortened: several
+# fetchers told to pause at once end up with the latest end any of them was given.
+# Returns {remaining before, remaining now}, in seconds (<= 0: not paused).
+PAUSE_LUA = (
+    HELPERS_LUA
+    + """
+local now = redis_now()
+local current = tonumber(redis.call('GET', KEYS[1])) or 0
+local wanted = now + tonumber(ARGV[1])
+if wanted > current then
+  redis.call('SET', KEYS[1], num(wanted), 'PX', math.ceil((wanted - now) * 1000) + 1000)
+end
+return {num(current - now), num(math.max(current, wanted) - now)}
+"""
+)
+
+# While Redis cannot be reached nothing is fetched; it is asked again after this backoff,
+# doubling up to the cap (redis-py retries each call a few times underneath as well).
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 3.0
+# A caller told to wait longer than this (a pause, a low limit) asks again after it anyway,
+# so that a pause deleted or a limit raised by hand reaches it within this time.
+RECHECK = 1.0
+
+
+class LimiterClosed(Exception):
+    """The fetcher is stopping: a request that has no slot yet gives its task back."""
+
+
+class SharedLimiter:
+    """Spaces the requests of every fetcher of ``pipeline`` by the pipeline's rate limit.
+
+    :meth:`acquire` returns when the caller's request may start. The process holds at most
+    one *run* of reserved slots (see :mod:`sluiceway_fetcher.ratelimit`); a caller takes the
+    run's next slot that is not yet past, or else queues. One task at a time (the
+    *refiller*) reserves a new run in Redis for every caller then queued, so a process makes
+    one Redis call for as many requests as it has waiting, and a caller with a slot in the
+    future sleeps rather than asks again. ``rate`` is this fetcher's
+    ``SLUICEWAY_RATE_LIMIT``: it applies when no override is set in Redis.
+    """
+
+    def __init__(self, client: aioredis.Redis, pipeline: str, rate: float) -> None:
+        self._client = client
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._pause = client.register_script(PAUSE_LUA)
+        self._keys = (
+            redis_keys.rate_last(pipeline),
+            redis_keys.rate_limit(pipeline),
+            redis_keys.rate_pause_until(pipeline),
+        )
+        self._args = (repr(float(rate)), repr(BURST), repr(AHEAD), repr(SPARE))
+        # The run: slots at first + i * interval for next <= i < count (loop time).
+        self._first = 0.0
+        self._interval = 1.0
+        self._next = self._count = 0
+        self._waiters: deque[asyncio.Future[float]] = deque()
+        self._refiller: asyncio.Task[None] | None = None
+        self._closed = False
+        self._unreachable = False  # Redis could not be reached at the last attempt
+
+    async def acquire(self) -> None:
+        """Wait for a slot, however long the pipeline's limit, a pause or a Redis outage
+        takes; raise :class:`LimiterClosed` when :meth:`close` is called first."""
+        if self._closed:
+            raise LimiterClosed
+        loop = asyncio.get_running_loop()
+        start = None if self._waiters else self._take(loop.time())
+        if start is None:
+            slot = loop.create_future()
+            self._waiters.append(slot)
+            if self._refiller is None:
+                self._refiller = asyncio.create_task(self._refill())
+            start = await slot
+        delay = start - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _take(self, now: float) -> float | None:
+        """The run's first slot not before ``now``, or None; slots passed unused are dropped
+        (going late on one would crowd the slots after it, perhaps another fetcher's)."""
+        index = max(self._next, math.ceil((now - self._first) / self._interval))
+        if index >= self._count:
+            self._next = self._count
+            return None
+        self._next = index + 1
+        return self._first + index * self._interval
+
+    async def pause(self, seconds: float) -> tuple[float, float]:
+        """Let no request of the pipeline start for ``seconds`` (or longer, when a longer
+        pause is on); return how long the pause had left before, and has left now."""
+        # This fetcher's spare slots go at once; the other fetchers' pass within SPARE.
+        self._next = self._count
+        before, after = await self._pause(keys=[self._keys[2]], args=[repr(float(seconds))])
+        return float(before), float(after)
+
+    async def override(self) -> float | None:
+        """The limit set with ``sluiceway rate set``, when one is."""
+        value = await self._client.get(self._keys[1])
+        if value is None:
+            return None
+        try:
+            return float(RATE_LIMIT.parse(value.decode() if isinstance(value, bytes) else value))
+        except ValueError:
+            return None  # ignored by the limiter too
+
+    def close(self) -> None:
+        """Stop handing out slots: every caller still waiting for one gets
+        :class:`LimiterClosed`; callers already given a slot go ahead."""
+        self._closed = True
+        self._next = self._count
+        if self._refiller is not None:
+            self._refiller.cancel()
+        while self._waiters:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                slot.set_exception(LimiterClosed())
+
+    async def _refill(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = BACKOFF_FIRST
+        try:
+            while wanted := sum(not slot.done() for slot in self._waiters):
+                try:
+                    reply = await self._reserve(
+                        keys=self._keys, args=[self._args[0], wanted, *self._args[1:]]
+                    )
+                except (redis.exceptions.RedisError, OSError) as exc:
+                    # Fail closed: without Redis no fetcher can know what the others sent.
+                    if not self._unreachable:
+                        self._unreachable = True
+                        log.warning(
+                            "rate limiter: Redis unreachable, fetching paused (%s: %s)",
+                            type(exc).__name__, exc,
+                        )  # fmt: skip
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                if self._unreachable:
+                    self._unreachable = False
+                    log.info("rate limiter: Redis reachable again, fetching resumed")
+                backoff = BACKOFF_FIRST
+                wait, granted, interval = float(reply[0]), int(reply[1]), float(reply[2])
+                if not granted:
+                    await asyncio.sleep(min(wait, RECHECK))
+                    continue
+                # The wait is on Redis's clock from when the script ran; counted from now,
+                # after the reply's way back, a slot can only come late, never early.
+                now = loop.time()
+                self._first, self._interval, self._next, self._count = (
+                    now + wait, interval, 0, granted
+                )  # fmt: skip
+                while self._waiters:
+                    if self._waiters[0].done():
+                        self._waiters.popleft()  # its caller was cancelled
+                        continue
+                    start = self._take(now)
+                    if start is None:
+                        break
+                    self._waiters.popleft().set_result(start)
+        except Exception as exc:
+            # A reply the code does not understand: make it loud in every caller.
+            log.error("rate limiter failed: %r", exc)
+            while self._waiters:
+                slot = self._waiters.popleft()
+                if not slot.done():
+                    slot.set_exception(exc)
+        finally:
+            self._refiller = None
