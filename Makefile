@@ -40,6 +40,7 @@ test-unit: install ## the unit tests alone (no services)
 bench: install services ## benchmarks, medians of rounds run side by side (not part of make test)
 	UV_PYTHON_PREFERENCE=system "$(UV)" sync --frozen --all-packages --group bench --python '>=3.11'
 	$(BIN)/python benchmarks/http_transport.py
+	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/writer.py
 	$(BIN)/python -m benchmarks.write_modes
 

@@ -35,7 +35,11 @@ async def start_fetchers(
 ) -> None:
     for i in range(count):
         processes.start(
-            f"fetcher-{i}", "fetcher", SLUICEWAY_SOURCE_URL=source, SLUICEWAY_RATE_LIMIT=rate
+            f"fetcher-{i}",
+            "fetcher",
+            SLUICEWAY_SOURCE_URL=source,
+            SLUICEWAY_RATE_LIMIT=rate,
+            SLUICEWAY_PUBLISH_LINGER_MS="0",  # one record a message: the test counts them
         )
     queue = topology.Queues(processes.env["SLUICEWAY_PIPELINE"]).fetch
 

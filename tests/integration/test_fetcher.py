@@ -38,7 +38,7 @@ async def http_server(app: web.Application) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def fetcher(
-    services: ServiceUrls, pipeline: str, source_url: str
+    services: ServiceUrls, pipeline: str, source_url: str, linger_ms: float = 0
 ) -> AsyncIterator[asyncio.Task[int]]:
     config = FetcherSettings(
         services.amqp,
@@ -48,6 +48,10 @@ async def fetcher(
         rate_limit=1000,
         fetch_concurrency=8,
         request_timeout=5,
+        publish_linger_ms=linger_ms,
+        pack_max_records=100,
+        pack_max_bytes=1 << 20,
+        compress_min_bytes=1024,
         log_level="INFO",
     )
     stop = asyncio.Event()
@@ -151,3 +155,32 @@ async def test_unreachable_upstream_is_recorded_as_a_connection_failure(
     info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), "k"))
     assert info["reason"].startswith("connection error")
     assert info["status"] is None
+
+
+async def test_records_finished_together_are_packed_into_fewer_messages(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    queues = topology.Queues(pipeline)
+    keys = [f"user-{i}" for i in range(200)]
+    async with http_server(make_app(Behaviour())) as base:
+        await publish(amqp_connection, pipeline, queues.fetch,
+                      [codec.encode_task(k) for k in keys])  # fmt: skip
+        async with fetcher(services, pipeline, base + "/users/{key}", linger_ms=50):
+
+            async def all_fetched() -> bool:
+                return await depth(amqp_connection, queues.fetch) == 0
+
+            await eventually(all_fetched, what="every task taken")
+    # Stopped: every task was acked only after its record's message was confirmed.
+    messages = await drain(amqp_connection, queues.records)
+    records = [
+        record
+        for message in messages
+        for record in codec.decode_message(message.body, message.content_encoding, 1 << 24).records
+    ]
+    assert sorted(r.key for r in records) == sorted(keys)
+    assert len(messages) < len(keys) / 2  # packed: 8 in flight finish close together
+    assert any(m.content_encoding == "zstd" for m in messages)  # packs past 1 KiB

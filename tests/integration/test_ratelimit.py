@@ -107,6 +107,10 @@ async def running_fetcher(
         rate_limit=rate_limit,
         fetch_concurrency=8,
         request_timeout=5,
+        publish_linger_ms=0,  # one record a message: these tests count messages
+        pack_max_records=100,
+        pack_max_bytes=1 << 20,
+        compress_min_bytes=1024,
         log_level="INFO",
     )
     stop = asyncio.Event()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from sluiceway_common import settings
 from sluiceway_common.settings import ConfigError, Option, Refused
+from sluiceway_fetcher.packer import PackPolicy
 
 
 def source_template(text: str) -> str:
@@ -47,6 +48,35 @@ RATE_LIMIT = replace(
     "unless `sluiceway rate set` overrides it",
 )
 
+PUBLISH_LINGER_MS = Option(
+    "SLUICEWAY_PUBLISH_LINGER_MS",
+    settings.number(0, 10_000),
+    "milliseconds, a number from 0 to 10000",
+    "records finished within this long of the first go out as one message; 0 sends each alone",
+    default="20",
+)
+PACK_MAX_RECORDS = Option(
+    "SLUICEWAY_PACK_MAX_RECORDS",
+    settings.integer(1, 10_000),
+    "an integer from 1 to 10000",
+    "most records in one message",
+    default="100",
+)
+PACK_MAX_BYTES = Option(
+    "SLUICEWAY_PACK_MAX_BYTES",
+    settings.integer(1024, 64 << 20),
+    "bytes, an integer from 1024 to 67108864",
+    "most bytes of records in one message (a larger record still goes, alone)",
+    default=str(1 << 20),
+)
+COMPRESS_MIN_BYTES = Option(
+    "SLUICEWAY_COMPRESS_MIN_BYTES",
+    settings.integer(0, 1 << 30),
+    "bytes, an integer from 0 to 1073741824",
+    "compress a message body (zstd) from this size up; chosen by benchmarks/compression.py",
+    default="1024",
+)
+
 OPTIONS = (
     settings.AMQP_URL,
     settings.REDIS_URL,
@@ -55,6 +85,10 @@ OPTIONS = (
     RATE_LIMIT,
     CONCURRENCY,
     REQUEST_TIMEOUT,
+    PUBLISH_LINGER_MS,
+    PACK_MAX_RECORDS,
+    PACK_MAX_BYTES,
+    COMPRESS_MIN_BYTES,
     settings.LOG_LEVEL,
 )
 
@@ -68,7 +102,19 @@ class FetcherSettings:
     rate_limit: float
     fetch_concurrency: int
     request_timeout: float
+    publish_linger_ms: float
+    pack_max_records: int
+    pack_max_bytes: int
+    compress_min_bytes: int
     log_level: str
+
+    def pack_policy(self) -> PackPolicy:
+        return PackPolicy(
+            linger=self.publish_linger_ms / 1000,
+            max_records=self.pack_max_records,
+            max_bytes=self.pack_max_bytes,
+            compress_min_bytes=self.compress_min_bytes,
+        )
 
     @classmethod
     def from_args(

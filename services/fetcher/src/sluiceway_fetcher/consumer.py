@@ -21,10 +21,11 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage
 
 from sluiceway_common import codec, redis_keys, topology
 from sluiceway_fetcher.limiter import LimiterClosed, SharedLimiter
+from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.ratelimit import MAX_PAUSE, pause_seconds
 from sluiceway_fetcher.source import Failed, Fetched, fetch
 
@@ -41,15 +42,15 @@ class Fetcher:
 
     def __init__(
         self,
-        channel: AbstractChannel,
         queues: topology.Queues,
         http: httpx.AsyncClient,
         redis_client: aioredis.Redis,
         limiter: SharedLimiter,
+        packer: Packer,
         source_url: str,
     ) -> None:
-        self._channel = channel
         self._queues = queues
+        self._packer = packer
         self._http = http
         self._redis = redis_client
         self._limiter = limiter
@@ -84,10 +85,8 @@ class Fetcher:
             return
         outcome = await fetch(self._http, self._source_url, key)
         if isinstance(outcome, Fetched):
-            body = codec.encode_record(key, outcome.body, datetime.now(UTC))
-            await self._channel.default_exchange.publish(
-                topology.persistent(body), routing_key=self._queues.records, mandatory=True
-            )
+            # Returns once the broker confirmed the message this record went out in.
+            await self._packer.publish(codec.encode_record(key, outcome.body, datetime.now(UTC)))
             self.fetched += 1
         else:
             try:

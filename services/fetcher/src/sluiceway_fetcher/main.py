@@ -15,6 +15,7 @@ from sluiceway_common.lifecycle import reach, run_until_signalled
 from sluiceway_fetcher.config import OPTIONS, FetcherSettings
 from sluiceway_fetcher.consumer import Fetcher
 from sluiceway_fetcher.limiter import SharedLimiter
+from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,12 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
                 timeout=config.request_timeout,
                 transport=AiohttpTransport(config.fetch_concurrency),
             ) as http:
-                channel = await connection.channel(publisher_confirms=True)
+                channel = await amqp.publishing_channel(connection)
                 await channel.set_qos(prefetch_count=config.fetch_concurrency)
                 fetch_queue, *_ = await topology.declare(channel, queues)
                 limiter = SharedLimiter(redis_client, config.pipeline, config.rate_limit)
-                fetcher = Fetcher(channel, queues, http, redis_client, limiter, config.source_url)
+                packer = Packer(channel, queues.records, config.pack_policy())
+                fetcher = Fetcher(queues, http, redis_client, limiter, packer, config.source_url)
                 override = await limiter.override()
                 tag = await fetch_queue.consume(fetcher.on_message)
                 log.info(
@@ -53,12 +55,16 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
                 limiter.close()
                 if fetcher.inflight:
                     await asyncio.wait(fetcher.inflight, timeout=config.request_timeout + 5)
+                await packer.close()
                 await channel.close()
         finally:
             await redis_client.aclose()
     finally:
         await connection.close()
-    log.info("fetcher stopped: %d keys fetched, %d failed", fetcher.fetched, fetcher.failed)
+    log.info(
+        "fetcher stopped: %d keys fetched, %d failed; %d record messages",
+        fetcher.fetched, fetcher.failed, packer.messages,
+    )  # fmt: skip
     return 0
 
 
