@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aio_pika.exceptions
 from aio_pika.abc import AbstractConnection
+from aiohttp import web
 
 from sluiceway_common import codec, topology
+from sluiceway_fetcher.config import FetcherSettings
+from sluiceway_fetcher.main import serve as serve_fetcher
 
 
 async def eventually(
@@ -148,3 +152,53 @@ async def consumers(connection: AbstractConnection, queue: str) -> int:
     finally:
         if not channel.is_closed:
             await channel.close()
+
+
+@asynccontextmanager
+async def http_server(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port; yield its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def running_fetcher(
+    amqp_url: str,
+    redis_url: str,
+    pipeline: str,
+    source_url: str,
+    *,
+    rate_limit: float = 1000,
+    linger_ms: float = 0,
+) -> AsyncIterator[asyncio.Task[int]]:
+    """A fetcher served in-process until the block ends; it must then stop with status 0.
+
+    ``linger_ms`` 0 (the default here) publishes one record a message, which tests that
+    count messages rely on."""
+    config = FetcherSettings(
+        amqp_url,
+        redis_url,
+        pipeline,
+        source_url,
+        rate_limit=rate_limit,
+        fetch_concurrency=8,
+        request_timeout=5,
+        publish_linger_ms=linger_ms,
+        pack_max_records=100,
+        pack_max_bytes=1 << 20,
+        compress_min_bytes=1024,
+        log_level="INFO",
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_fetcher(config, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, timeout=30) == 0

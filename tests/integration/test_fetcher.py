@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,53 +11,19 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from sluiceway_common import codec, redis_keys, topology
-from sluiceway_fetcher.config import FetcherSettings
-from sluiceway_fetcher.main import serve
 from sluiceway_sample_api.data import is_missing, user
 from sluiceway_sample_api.server import Behaviour, make_app
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, drain, eventually, publish
+from tests.integration.helpers import (
+    depth,
+    drain,
+    eventually,
+    http_server,
+    publish,
+    running_fetcher,
+)
 
 pytestmark = pytest.mark.integration
-
-
-@asynccontextmanager
-async def http_server(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
-@asynccontextmanager
-async def fetcher(
-    services: ServiceUrls, pipeline: str, source_url: str, linger_ms: float = 0
-) -> AsyncIterator[asyncio.Task[int]]:
-    config = FetcherSettings(
-        services.amqp,
-        services.redis,
-        pipeline,
-        source_url,
-        rate_limit=1000,
-        fetch_concurrency=8,
-        request_timeout=5,
-        publish_linger_ms=linger_ms,
-        pack_max_records=100,
-        pack_max_bytes=1 << 20,
-        compress_min_bytes=1024,
-        log_level="INFO",
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, stop))
-    try:
-        yield task
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, timeout=30) == 0
 
 
 async def test_fetches_each_key_into_a_record_and_failures_into_the_failed_set(
@@ -76,7 +39,7 @@ async def test_fetches_each_key_into_a_record_and_failures_into_the_failed_set(
     before = datetime.now(UTC)
     async with http_server(make_app(Behaviour(not_found_rate=0.2))) as base:
         await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task(k) for k in keys])
-        async with fetcher(services, pipeline, base + "/users/{key}"):
+        async with running_fetcher(services.amqp, services.redis, pipeline, base + "/users/{key}"):
             await eventually(
                 lambda: _records_and_failed(amqp_connection, redis_client, pipeline, len(keys)),
                 what="every key handled",
@@ -127,7 +90,7 @@ async def test_a_200_that_is_not_json_and_a_server_error_are_failures(
             queues.fetch,
             [codec.encode_task(k) for k in ("html", "fine", "boom")],
         )
-        async with fetcher(services, pipeline, base + "/x/{key}"):
+        async with running_fetcher(services.amqp, services.redis, pipeline, base + "/x/{key}"):
             await eventually(
                 lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 3)
             )
@@ -150,7 +113,7 @@ async def test_unreachable_upstream_is_recorded_as_a_connection_failure(
     # Nothing listens on port 9 of loopback (the discard port is not served here).
     queues = topology.Queues(pipeline)
     await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task("k")])
-    async with fetcher(services, pipeline, "http://127.0.0.1:9/{key}"):
+    async with running_fetcher(services.amqp, services.redis, pipeline, "http://127.0.0.1:9/{key}"):
         await eventually(lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 1))
     info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), "k"))
     assert info["reason"].startswith("connection error")
@@ -168,7 +131,9 @@ async def test_records_finished_together_are_packed_into_fewer_messages(
     async with http_server(make_app(Behaviour())) as base:
         await publish(amqp_connection, pipeline, queues.fetch,
                       [codec.encode_task(k) for k in keys])  # fmt: skip
-        async with fetcher(services, pipeline, base + "/users/{key}", linger_ms=50):
+        async with running_fetcher(
+            services.amqp, services.redis, pipeline, base + "/users/{key}", linger_ms=50
+        ):
 
             async def all_fetched() -> bool:
                 return await depth(amqp_connection, queues.fetch) == 0

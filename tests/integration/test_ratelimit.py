@@ -18,7 +18,6 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from sluiceway_common import codec, redis_keys, topology
-from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.limiter import (
     GCRA_LUA,
     HELPERS_LUA,
@@ -26,10 +25,16 @@ from sluiceway_fetcher.limiter import (
     LimiterClosed,
     SharedLimiter,
 )
-from sluiceway_fetcher.main import serve
 from sluiceway_fetcher.ratelimit import AHEAD, BURST, SPARE, Gcra
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import TcpProxy, depth, eventually, publish
+from tests.integration.helpers import (
+    TcpProxy,
+    depth,
+    eventually,
+    http_server,
+    publish,
+    running_fetcher,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -74,52 +79,14 @@ class Upstream:
         """Serve on a free port; yield the source URL template."""
         app = web.Application()
         app.router.add_get("/items/{key}", self.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}/items/{{key}}"
-        finally:
-            await runner.cleanup()
+        async with http_server(app) as base:
+            yield base + "/items/{key}"
 
 
 def most_in_one_second(times: list[float]) -> int:
     """The most arrivals in any 1-second window, closed at both ends."""
     times = sorted(times)
     return max((bisect.bisect_right(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
-
-
-@asynccontextmanager
-async def running_fetcher(
-    services: ServiceUrls,
-    pipeline: str,
-    source_url: str,
-    *,
-    redis_url: str | None = None,
-    rate_limit: float = 1000,
-) -> AsyncIterator[asyncio.Task[int]]:
-    config = FetcherSettings(
-        services.amqp,
-        redis_url or services.redis,
-        pipeline,
-        source_url,
-        rate_limit=rate_limit,
-        fetch_concurrency=8,
-        request_timeout=5,
-        publish_linger_ms=0,  # one record a message: these tests count messages
-        pack_max_records=100,
-        pack_max_bytes=1 << 20,
-        compress_min_bytes=1024,
-        log_level="INFO",
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, stop))
-    try:
-        yield task
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, timeout=30) == 0
 
 
 # --- the Lua script against the Python arithmetic ------------------------------------------
@@ -324,8 +291,8 @@ async def test_a_429_with_retry_after_pauses_every_fetcher(
     keys = [f"k{i}" for i in range(6)]
     async with (
         upstream.serving() as source,
-        running_fetcher(services, pipeline, source),
-        running_fetcher(services, pipeline, source),
+        running_fetcher(services.amqp, services.redis, pipeline, source),
+        running_fetcher(services.amqp, services.redis, pipeline, source),
     ):
         await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task("slow-down")])
         await eventually(
@@ -370,7 +337,7 @@ async def test_redis_cut_off_stops_fetching_and_loses_nothing(
     try:
         async with (
             upstream.serving() as source,
-            running_fetcher(services, pipeline, source, redis_url=proxy.url),
+            running_fetcher(services.amqp, proxy.url, pipeline, source),
         ):
             first = [codec.encode_task(f"a{i}") for i in range(5)]
             await publish(amqp_connection, pipeline, queues.fetch, first)
@@ -420,7 +387,7 @@ async def test_stopping_gives_back_the_tasks_waiting_for_the_limit(
     await redis_client.set(redis_keys.rate_limit(pipeline), "0.2")  # one request per 5 s
     loop = asyncio.get_running_loop()
     async with upstream.serving() as source:
-        async with running_fetcher(services, pipeline, source):
+        async with running_fetcher(services.amqp, services.redis, pipeline, source):
             keys = [codec.encode_task(f"k{i}") for i in range(5)]
             await publish(amqp_connection, pipeline, queues.fetch, keys)
             await eventually(lambda: _depth_is(amqp_connection, queues.records, 1))

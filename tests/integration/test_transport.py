@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from sluiceway_fetcher.transport import AiohttpTransport
+from tests.integration.helpers import http_server
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +36,12 @@ async def slow(_: web.Request) -> web.Response:
     return web.json_response({})
 
 
-@asynccontextmanager
-async def server() -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_get("/zipped", zipped)
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/{tail:.*}", echo)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+def app() -> web.Application:
+    application = web.Application()
+    application.router.add_get("/zipped", zipped)
+    application.router.add_get("/slow", slow)
+    application.router.add_get("/{tail:.*}", echo)
+    return application
 
 
 @asynccontextmanager
@@ -58,7 +51,7 @@ async def client(request_timeout: float = 5.0) -> AsyncIterator[httpx.AsyncClien
 
 
 async def test_encoded_key_reaches_the_server_unchanged_and_headers_are_httpx_own() -> None:
-    async with server() as base, client() as http:
+    async with http_server(app()) as base, client() as http:
         response = await http.get(base + "/users/a%2Fb%20c%3F")
     assert response.status_code == 200
     assert response.json()["raw_path"] == "/users/a%2Fb%20c%3F"
@@ -67,13 +60,13 @@ async def test_encoded_key_reaches_the_server_unchanged_and_headers_are_httpx_ow
 
 
 async def test_gzip_is_decoded_once() -> None:
-    async with server() as base, client() as http:
+    async with http_server(app()) as base, client() as http:
         response = await http.get(base + "/zipped")
     assert response.json() == {"zipped": True}
 
 
 async def test_a_slow_answer_is_a_read_timeout() -> None:
-    async with server() as base, client(request_timeout=0.2) as http:
+    async with http_server(app()) as base, client(request_timeout=0.2) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.get(base + "/slow")
 
