@@ -176,6 +176,7 @@ async def running_fetcher(
     *,
     rate_limit: float = 1000,
     linger_ms: float = 0,
+    max_body_bytes: int = 1 << 20,
 ) -> AsyncIterator[asyncio.Task[int]]:
     """A fetcher served in-process until the block ends; it must then stop with status 0.
 
@@ -189,6 +190,7 @@ async def running_fetcher(
         rate_limit=rate_limit,
         fetch_concurrency=8,
         request_timeout=5,
+        max_body_bytes=max_body_bytes,
         publish_linger_ms=linger_ms,
         pack_max_records=100,
         pack_max_bytes=1 << 20,

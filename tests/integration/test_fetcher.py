@@ -149,3 +149,30 @@ async def test_records_finished_together_are_packed_into_fewer_messages(
     assert sorted(r.key for r in records) == sorted(keys)
     assert len(messages) < len(keys) / 2  # packed: 8 in flight finish close together
     assert any(m.content_encoding == "zstd" for m in messages)  # packs past 1 KiB
+
+
+async def test_a_body_over_the_limit_fails_its_key_alone(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        size = 3000 if request.match_info["key"] == "big" else 10
+        return web.json_response({"pad": "x" * size})
+
+    app = web.Application()
+    app.router.add_get("/x/{key}", handler)
+    queues = topology.Queues(pipeline)
+    async with http_server(app) as base:
+        await publish(amqp_connection, pipeline, queues.fetch,
+                      [codec.encode_task(k) for k in ("big", "small")])  # fmt: skip
+        async with running_fetcher(services.amqp, services.redis, pipeline, base + "/x/{key}",
+                                   max_body_bytes=2048):  # fmt: skip
+            await eventually(
+                lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 2)
+            )
+    info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), "big"))
+    assert info == {"reason": "body larger than 2048 bytes", "status": 200, "at": info["at"]}
+    assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 1
+    assert await depth(amqp_connection, queues.records) == 1

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from sluiceway_fetcher.transport import AiohttpTransport
+from sluiceway_fetcher.transport import AiohttpTransport, BodyTooLarge
 from tests.integration.helpers import http_server
 
 pytestmark = pytest.mark.integration
@@ -96,3 +96,35 @@ async def test_a_connection_cut_mid_body_is_a_transport_error() -> None:
     finally:
         tcp.close()
         await tcp.wait_closed()
+
+
+async def test_a_body_over_the_limit_is_refused_with_or_without_a_length() -> None:
+    big = b'"' + b"x" * 5000 + b'"'
+
+    async def sized(_: web.Request) -> web.Response:
+        return web.Response(body=big, content_type="application/json")
+
+    async def streamed(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()  # chunked: no Content-Length to go by
+        await response.prepare(request)
+        for _ in range(10):
+            await response.write(b"x" * 1000)
+        await response.write_eof()
+        return response
+
+    application = web.Application()
+    application.router.add_get("/sized", sized)
+    application.router.add_get("/streamed", streamed)
+    async with (
+        http_server(application) as base,
+        httpx.AsyncClient(transport=AiohttpTransport(4, max_body_bytes=4096)) as http,
+    ):
+        for path in ("/sized", "/streamed"):
+            with pytest.raises(BodyTooLarge, match="body larger than 4096 bytes") as caught:
+                await http.get(base + path)
+            assert caught.value.status == 200
+    async with (
+        http_server(application) as base,
+        httpx.AsyncClient(transport=AiohttpTransport(4, max_body_bytes=8192)) as http,
+    ):
+        assert len((await http.get(base + "/sized")).content) == len(big)

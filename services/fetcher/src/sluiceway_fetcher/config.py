@@ -48,6 +48,13 @@ RATE_LIMIT = replace(
     "unless `sluiceway rate set` overrides it",
 )
 
+MAX_BODY_BYTES = Option(
+    "SLUICEWAY_MAX_BODY_BYTES",
+    settings.integer(1024, 1 << 30),
+    "bytes, an integer from 1024 to 1073741824",
+    "an upstream body larger than this (as sent) fails its key without being read further",
+    default=str(10 << 20),
+)
 PUBLISH_LINGER_MS = Option(
     "SLUICEWAY_PUBLISH_LINGER_MS",
     settings.number(0, 10_000),
@@ -85,6 +92,7 @@ OPTIONS = (
     RATE_LIMIT,
     CONCURRENCY,
     REQUEST_TIMEOUT,
+    MAX_BODY_BYTES,
     PUBLISH_LINGER_MS,
     PACK_MAX_RECORDS,
     PACK_MAX_BYTES,
@@ -102,6 +110,7 @@ class FetcherSettings:
     rate_limit: float
     fetch_concurrency: int
     request_timeout: float
+    max_body_bytes: int
     publish_linger_ms: float
     pack_max_records: int
     pack_max_bytes: int

@@ -30,7 +30,7 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
             await reach("Redis", config.redis_url, redis_client.ping())
             async with httpx.AsyncClient(
                 timeout=config.request_timeout,
-                transport=AiohttpTransport(config.fetch_concurrency),
+                transport=AiohttpTransport(config.fetch_concurrency, config.max_body_bytes),
             ) as http:
                 channel = await amqp.publishing_channel(connection)
                 await channel.set_qos(prefetch_count=config.fetch_concurrency)

@@ -12,6 +12,8 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from sluiceway_fetcher.transport import BodyTooLarge
+
 log = logging.getLogger(__name__)
 
 
@@ -93,6 +95,8 @@ async def fetch(client: httpx.AsyncClient, template: str, key: str) -> Outcome:
     backoff are the fetcher's next step, until then ``sluiceway failed retry`` resends."""
     try:
         response = await client.get(key_url(template, key))
+    except BodyTooLarge as exc:
+        return Failed(str(exc), exc.status)
     except httpx.TimeoutException:
         return Failed("timeout")
     except httpx.TransportError as exc:

@@ -42,10 +42,22 @@ def _translate(exc: Exception, request: httpx.Request) -> httpx.TransportError:
     return httpx.TransportError(message, request=request)
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Sends httpx requests through one aiohttp session with at most ``max_connections``."""
+class BodyTooLarge(httpx.TransportError):
+    """The upstream's body is over the fetcher's limit; reading stopped there."""
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, limit: int, status: int, request: httpx.Request) -> None:
+        super().__init__(f"body larger than {limit} bytes", request=request)
+        self.limit = limit
+        self.status = status
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """Sends httpx requests through one aiohttp session with at most ``max_connections``;
+    a response body over ``max_body_bytes`` (as sent, before any decoding) raises
+    :class:`BodyTooLarge` without being read further."""
+
+    def __init__(self, max_connections: int, max_body_bytes: int = 1 << 30) -> None:
+        self._max_body_bytes = max_body_bytes
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
             auto_decompress=False,
@@ -68,7 +80,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=_timeout(request),
                 allow_redirects=False,
             ) as response:
-                content = await response.read()
+                content = await self._read(response, request)
                 return httpx.Response(
                     status_code=response.status,
                     headers=[(k.decode("latin-1"), v.decode("latin-1"))
@@ -78,8 +90,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     extensions={"http_version": b"HTTP/1.1",
                                 "reason_phrase": (response.reason or "").encode("latin-1")},
                 )  # fmt: skip
+        except BodyTooLarge:
+            raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _translate(exc, request) from exc
+
+    async def _read(self, response: aiohttp.ClientResponse, request: httpx.Request) -> bytes:
+        limit = self._max_body_bytes
+        if response.content_length is not None and response.content_length > limit:
+            raise BodyTooLarge(limit, response.status, request)
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(64 << 10):
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit, response.status, request)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         await self._session.close()
