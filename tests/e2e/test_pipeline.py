@@ -117,7 +117,7 @@ async def test_fetcher_on_sigterm_finishes_what_it_holds_and_loses_nothing(
         "fetcher",
         SLUICEWAY_SOURCE_URL=base + "/users/{key}",
         SLUICEWAY_RATE_LIMIT="1000",
-        SLUICEWAY_FETCH_CONCURRENCY="16",
+        SLUICEWAY_CONCURRENCY="16",
     )
 
     async def some_fetched() -> bool:

@@ -188,7 +188,7 @@ async def running_fetcher(
         pipeline,
         source_url,
         rate_limit=rate_limit,
-        fetch_concurrency=8,
+        concurrency=8,
         request_timeout=5,
         max_body_bytes=max_body_bytes,
         publish_linger_ms=linger_ms,

@@ -28,7 +28,7 @@ SOURCE_URL = Option(
     "upstream URL template; {key} is replaced by the percent-encoded key",
 )
 CONCURRENCY = Option(
-    "SLUICEWAY_FETCH_CONCURRENCY",
+    "SLUICEWAY_CONCURRENCY",
     settings.integer(1, 4096),
     "an integer from 1 to 4096",
     "requests in flight per fetcher process",
@@ -108,7 +108,7 @@ class FetcherSettings:
     pipeline: str
     source_url: str
     rate_limit: float
-    fetch_concurrency: int
+    concurrency: int
     request_timeout: float
     max_body_bytes: int
     publish_linger_ms: float

@@ -30,10 +30,10 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
             await reach("Redis", config.redis_url, redis_client.ping())
             async with httpx.AsyncClient(
                 timeout=config.request_timeout,
-                transport=AiohttpTransport(config.fetch_concurrency, config.max_body_bytes),
+                transport=AiohttpTransport(config.concurrency, config.max_body_bytes),
             ) as http:
                 channel = await amqp.publishing_channel(connection)
-                await channel.set_qos(prefetch_count=config.fetch_concurrency)
+                await channel.set_qos(prefetch_count=config.concurrency)
                 fetch_queue, *_ = await topology.declare(channel, queues)
                 limiter = SharedLimiter(redis_client, config.pipeline, config.rate_limit)
                 packer = Packer(channel, queues.records, config.pack_policy())
