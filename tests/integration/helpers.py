@@ -177,6 +177,7 @@ async def running_fetcher(
     rate_limit: float = 1000,
     linger_ms: float = 0,
     max_body_bytes: int = 1 << 20,
+    source_headers: dict[str, str] | None = None,
 ) -> AsyncIterator[asyncio.Task[int]]:
     """A fetcher served in-process until the block ends; it must then stop with status 0.
 
@@ -187,6 +188,7 @@ async def running_fetcher(
         redis_url,
         pipeline,
         source_url,
+        source_headers=source_headers or {},
         rate_limit=rate_limit,
         concurrency=8,
         request_timeout=5,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from sluiceway_common import codec, redis_keys, topology
+from sluiceway_common.failed import retry_failed
 from sluiceway_sample_api.data import is_missing, user
 from sluiceway_sample_api.server import Behaviour, make_app
 from tests.conftest import ServiceUrls
@@ -176,3 +178,60 @@ async def test_a_body_over_the_limit_fails_its_key_alone(
     assert info == {"reason": "body larger than 2048 bytes", "status": 200, "at": info["at"]}
     assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 1
     assert await depth(amqp_connection, queues.records) == 1
+
+
+async def test_source_headers_go_with_every_request(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"auth": request.headers.get("Authorization")})
+
+    app = web.Application()
+    app.router.add_get("/x/{key}", handler)
+    queues = topology.Queues(pipeline)
+    async with http_server(app) as base:
+        await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task("k")])
+        async with running_fetcher(
+            services.amqp, services.redis, pipeline, base + "/x/{key}",
+            source_headers={"Authorization": "Bearer t0ken"},
+        ):  # fmt: skip
+            await eventually(
+                lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 1)
+            )
+    (message,) = await drain(amqp_connection, queues.records)
+    assert json.loads(codec.decode_record(message.body).payload) == {"auth": "Bearer t0ken"}
+
+
+async def test_a_retried_key_leaves_the_failed_set_when_it_lands(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    failed, info = redis_keys.failed_set(pipeline), redis_keys.failed_info(pipeline)
+    await redis_client.sadd(failed, "flaky", "gone")
+    await redis_client.hset(info, mapping={
+        "flaky": orjson.dumps({"reason": "HTTP 503 Service Unavailable", "status": 503}),
+        "gone": orjson.dumps({"reason": "HTTP 404 Not Found", "status": 404}),
+    })  # fmt: skip
+    assert await retry_failed(services.amqp, services.redis, pipeline, reason="503") == 1
+    queues = topology.Queues(pipeline)
+    async with (
+        http_server(make_app(Behaviour())) as base,
+        running_fetcher(services.amqp, services.redis, pipeline, base + "/users/{key}"),
+    ):
+        await eventually(lambda: _landed(amqp_connection, queues.records, 1))
+
+        async def forgotten() -> bool:
+            return not await redis_client.sismember(failed, "flaky")
+
+        await eventually(forgotten, what="the landed key to leave the failed set")
+    assert await redis_client.smembers(failed) == {b"gone"}
+    assert await redis_client.hkeys(info) == [b"gone"]
+
+
+async def _landed(connection: AbstractConnection, queue: str, n: int) -> bool:
+    return await depth(connection, queue) >= n

@@ -71,3 +71,13 @@ def test_fetcher_needs_a_source_url() -> None:
     result = sluiceway("fetcher", env=env)
     assert result.returncode == 2
     assert "SLUICEWAY_SOURCE_URL is not set" in result.stderr
+
+
+def test_a_bad_secret_is_never_echoed() -> None:
+    result = sluiceway(
+        "fetcher", "--source-url", "http://h/{key}",
+        "--source-headers", '{"Authorization": "Bearer s3cret"',
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "s3cret" not in result.stderr
+    assert "--source-headers='<hidden>' is not allowed" in result.stderr

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from sluiceway_fetcher.config import source_template
+from sluiceway_fetcher.config import source_headers, source_template
 from sluiceway_fetcher.source import Failed, Fetched, classify, key_url, retry_after
 
 
@@ -144,3 +144,18 @@ def test_no_pause_without_a_retry_after_on_429_or_503(status: int, headers: dict
     assert isinstance(outcome, Failed)
     assert outcome.status == status
     assert outcome.retry_after is None
+
+
+def test_source_headers_are_a_json_object_of_one_line_strings() -> None:
+    assert source_headers('{"Authorization": "Bearer t", "X-Api-Key": "k"}') == {
+        "Authorization": "Bearer t", "X-Api-Key": "k"}  # fmt: skip
+    assert source_headers("{}") == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['["a"]', "not json", '{"Bad Name": "x"}', '{"X": 1}', '{"X": "a\\r\\nInjected: 1"}'],
+)
+def test_bad_source_headers(text: str) -> None:
+    with pytest.raises(ValueError):
+        source_headers(text)

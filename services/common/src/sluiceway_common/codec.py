@@ -22,6 +22,10 @@ from typing import Any
 import orjson
 import zstandard
 
+# Marks a fetch task published by ``sluiceway failed retry``: the fetcher that lands its
+# record removes the key from the failed set.
+RETRY_HEADER = "x-sluiceway-retry"
+
 
 class BadMessage(ValueError):
     """A message that can never be processed; the text is the reason kept with it."""

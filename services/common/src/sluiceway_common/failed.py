@@ -1,8 +1,10 @@
 """``sluiceway failed list|retry|clear``: the keys whose fetch failed for good.
 
 The failed set holds the keys; a hash beside it holds each key's reason as JSON. ``retry``
-publishes a fetch task per key and removes a key from the set only after the broker confirmed
-its task, so a crash mid-retry leaves the rest in the set.
+publishes a fetch task per key (all of them, or those whose reason holds ``--reason``), marked
+with the header ``x-sluiceway-retry``; a key leaves the set only when a fetcher has landed its
+record. Removing keys at re-enqueue time instead would race a fetcher that fails the key again
+at once and puts it back, and would lose keys whose retry task was lost.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ async def list_failed(redis_url: str, pipeline: str) -> list[tuple[str, dict[str
         await client.aclose()
 
 
-async def retry_failed(amqp_url: str, redis_url: str, pipeline: str) -> int:
+async def retry_failed(
+    amqp_url: str, redis_url: str, pipeline: str, reason: str | None = None
+) -> int:
+    """Re-enqueue the failed keys (those whose reason holds ``reason``, when given)."""
     queues = topology.Queues(pipeline)
     client = aioredis.Redis.from_url(redis_url)
     connection = await amqp.connect(amqp_url, "failed-retry")
@@ -54,19 +59,21 @@ async def retry_failed(amqp_url: str, redis_url: str, pipeline: str) -> int:
     try:
         channel = await amqp.publishing_channel(connection)
         await topology.declare(channel, queues)
-        # SSCAN over a set that shrinks as we go may repeat or skip members, so take one
-        # snapshot of the keys first and work through it.
-        snapshot = [keys async for keys in failed_keys(client, pipeline)]
-        for keys in snapshot:
-            publisher = amqp.ConfirmedPublisher(channel, queues.fetch)
+        publisher = amqp.ConfirmedPublisher(channel, queues.fetch)
+        async for keys in failed_keys(client, pipeline):
+            if reason is not None:
+                infos = await client.hmget(redis_keys.failed_info(pipeline), keys)
+                keys = [
+                    key
+                    for key, info in zip(keys, infos, strict=True)
+                    if info and reason in str(orjson.loads(info).get("reason", ""))
+                ]
             for key in keys:
-                await publisher.publish(topology.persistent(codec.encode_task(key)))
-            await publisher.drain()
-            async with client.pipeline(transaction=True) as tx:
-                tx.srem(redis_keys.failed_set(pipeline), *keys)
-                tx.hdel(redis_keys.failed_info(pipeline), *keys)
-                await tx.execute()
+                await publisher.publish(
+                    topology.persistent(codec.encode_task(key), headers={codec.RETRY_HEADER: 1})
+                )
             retried += len(keys)
+        await publisher.drain()
         return retried
     finally:
         await connection.close()
@@ -88,6 +95,9 @@ async def clear_failed(redis_url: str, pipeline: str) -> int:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("list", "retry", "clear"))
     parser.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    parser.add_argument(
+        "--reason", metavar="TEXT", help="retry: only the keys whose reason holds TEXT"
+    )
     settings.add_options(parser, OPTIONS)
 
 
@@ -101,8 +111,13 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"{key}\t{info.get('status', '-')}\t{info.get('reason', '')}")
     elif args.action == "retry":
-        count = asyncio.run(retry_failed(values["amqp_url"], values["redis_url"], pipeline))
-        print(f"re-enqueued {count:,} failed keys of pipeline {pipeline}")
+        count = asyncio.run(
+            retry_failed(values["amqp_url"], values["redis_url"], pipeline, args.reason)
+        )
+        print(
+            f"re-enqueued {count:,} failed keys of pipeline {pipeline}; each leaves the failed "
+            "set once its record lands"
+        )
     else:
         count = asyncio.run(clear_failed(values["redis_url"], pipeline))
         print(f"cleared {count:,} failed keys of pipeline {pipeline}")

@@ -81,12 +81,21 @@ def resolve(
         try:
             values[option.dest] = option.parse(raw)
         except ValueError as exc:
-            shown = mask(raw) if option.secret else raw
+            shown = repr(hide(raw) if option.secret else raw)
             detail = f" ({exc})" if isinstance(exc, Refused) and str(exc) else ""
             raise ConfigError(
-                f"{where}={shown!r} is not allowed: expected {option.allowed}{detail}"
+                f"{where}={shown} is not allowed: expected {option.allowed}{detail}"
             ) from None
     return values
+
+
+def hide(secret: str) -> str:
+    """What may be shown of a secret value: a URL with its password masked, else nothing."""
+    try:
+        parts = urlsplit(secret)
+    except ValueError:
+        return "<hidden>"
+    return mask(secret) if parts.scheme and parts.netloc else "<hidden>"
 
 
 def mask(url: str) -> str:

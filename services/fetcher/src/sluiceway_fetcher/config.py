@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from dataclasses import dataclass, replace
 
 from sluiceway_common import settings
@@ -26,6 +28,32 @@ SOURCE_URL = Option(
     source_template,
     "an http(s) URL template holding {key} once, e.g. https://api.example.com/users/{key}",
     "upstream URL template; {key} is replaced by the percent-encoded key",
+)
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def source_headers(text: str) -> dict[str, str]:
+    try:
+        headers = json.loads(text)
+    except ValueError:
+        raise Refused("not JSON") from None
+    if not isinstance(headers, dict):
+        raise Refused("not a JSON object")
+    for name, value in headers.items():
+        if not HEADER_NAME.fullmatch(name):
+            raise Refused("a header name is not an HTTP token")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise Refused(f"the value of {name} is not a one-line string")
+    return headers
+
+
+SOURCE_HEADERS = Option(
+    "SLUICEWAY_SOURCE_HEADERS",
+    source_headers,
+    'a JSON object of header names to string values, e.g. {"Authorization": "Bearer …"}',
+    "headers sent with every upstream request (tokens: never logged)",
+    default="{}",
+    secret=True,
 )
 CONCURRENCY = Option(
     "SLUICEWAY_CONCURRENCY",
@@ -89,6 +117,7 @@ OPTIONS = (
     settings.REDIS_URL,
     settings.PIPELINE,
     SOURCE_URL,
+    SOURCE_HEADERS,
     RATE_LIMIT,
     CONCURRENCY,
     REQUEST_TIMEOUT,
@@ -107,6 +136,7 @@ class FetcherSettings:
     redis_url: str
     pipeline: str
     source_url: str
+    source_headers: dict[str, str]
     rate_limit: float
     concurrency: int
     request_timeout: float

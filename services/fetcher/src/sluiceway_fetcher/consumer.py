@@ -88,6 +88,8 @@ class Fetcher:
             # Returns once the broker confirmed the message this record went out in.
             await self._packer.publish(codec.encode_record(key, outcome.body, datetime.now(UTC)))
             self.fetched += 1
+            if (message.headers or {}).get(codec.RETRY_HEADER):
+                await self._forget_failure(key)
         else:
             try:
                 if outcome.retry_after:
@@ -119,6 +121,19 @@ class Fetcher:
                 "key %r: %s with Retry-After %g s; pausing the pipeline for that long",
                 key, outcome.reason, seconds,
             )  # fmt: skip
+
+    async def _forget_failure(self, key: str) -> None:
+        """A retried key landed: it leaves the failed set. Should Redis be away, the key stays
+        listed as failed although its record landed, which a later retry settles; the task
+        is acked all the same, since its record is safe."""
+        pipeline = self._queues.pipeline
+        try:
+            async with self._redis.pipeline(transaction=True) as tx:
+                tx.srem(redis_keys.failed_set(pipeline), key)
+                tx.hdel(redis_keys.failed_info(pipeline), key)
+                await tx.execute()
+        except redis.exceptions.RedisError as exc:
+            log.warning("retried key %r landed but stays in the failed set, Redis: %s", key, exc)
 
     async def _record_failure(self, key: str, outcome: Failed) -> None:
         info = {

@@ -29,6 +29,7 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
         try:
             await reach("Redis", config.redis_url, redis_client.ping())
             async with httpx.AsyncClient(
+                headers=config.source_headers,
                 timeout=config.request_timeout,
                 transport=AiohttpTransport(config.concurrency, config.max_body_bytes),
             ) as http:
