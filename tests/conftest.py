@@ -148,7 +148,7 @@ async def pipeline(services: ServiceUrls, database_url: str) -> AsyncIterator[st
     yield name
     connection = await aio_pika.connect(services.amqp)
     try:
-        for queue in topology.Queues(name).all():
+        for queue in (*topology.Queues(name).all(), *topology.Queues(name).retries()):
             channel = await connection.channel()
             await channel.queue_delete(queue)
             await channel.close()

@@ -178,11 +178,12 @@ async def running_fetcher(
     linger_ms: float = 0,
     max_body_bytes: int = 1 << 20,
     source_headers: dict[str, str] | None = None,
+    max_attempts: int = 1,
 ) -> AsyncIterator[asyncio.Task[int]]:
     """A fetcher served in-process until the block ends; it must then stop with status 0.
 
     ``linger_ms`` 0 (the default here) publishes one record a message, which tests that
-    count messages rely on."""
+    count messages rely on; ``max_attempts`` 1 fails a key at its first failure."""
     config = FetcherSettings(
         amqp_url,
         redis_url,
@@ -192,6 +193,7 @@ async def running_fetcher(
         rate_limit=rate_limit,
         concurrency=8,
         request_timeout=5,
+        max_attempts=max_attempts,
         max_body_bytes=max_body_bytes,
         publish_linger_ms=linger_ms,
         pack_max_records=100,

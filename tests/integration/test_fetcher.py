@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -175,7 +176,9 @@ async def test_a_body_over_the_limit_fails_its_key_alone(
                 lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 2)
             )
     info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), "big"))
-    assert info == {"reason": "body larger than 2048 bytes", "status": 200, "at": info["at"]}
+    assert info == {
+        "reason": "body larger than 2048 bytes", "status": 200, "attempts": 1, "at": info["at"]
+    }  # fmt: skip
     assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 1
     assert await depth(amqp_connection, queues.records) == 1
 
@@ -235,3 +238,46 @@ async def test_a_retried_key_leaves_the_failed_set_when_it_lands(
 
 async def _landed(connection: AbstractConnection, queue: str, n: int) -> bool:
     return await depth(connection, queue) >= n
+
+
+async def test_passing_failures_are_retried_later_without_holding_up_other_keys(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    answers = {"flaky": [503, 500, 200], "down": [503, 503, 503, 503]}
+    landed_at: dict[str, float] = {}
+
+    async def handler(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        queue = answers.get(key)
+        status = queue.pop(0) if queue else 200
+        if status == 200:
+            landed_at.setdefault(key, asyncio.get_running_loop().time())
+        return web.json_response({"key": key}, status=status)
+
+    app = web.Application()
+    app.router.add_get("/x/{key}", handler)
+    queues = topology.Queues(pipeline)
+    keys = ["flaky", "down", *(f"k{i}" for i in range(20))]
+    async with http_server(app) as base:
+        await publish(amqp_connection, pipeline, queues.fetch,
+                      [codec.encode_task(k) for k in keys])  # fmt: skip
+        async with running_fetcher(services.amqp, services.redis, pipeline, base + "/x/{key}",
+                                   max_attempts=3):  # fmt: skip
+            await eventually(
+                lambda: _records_and_failed(amqp_connection, redis_client, pipeline, len(keys)),
+                within=30, what="every key landed or failed after its retries",
+            )  # fmt: skip
+    records = [codec.decode_record(m.body) for m in await drain(amqp_connection, queues.records)]
+    assert sorted(r.key for r in records) == sorted(set(keys) - {"down"})
+    assert answers["flaky"] == []  # three attempts: 503, 500, then 200
+    assert answers["down"] == [503]  # three attempts, then given up
+    info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), "down"))
+    assert (info["status"], info["attempts"]) == (503, 3)
+    assert info["reason"] == "HTTP 503 Service Unavailable"
+    # The other keys did not wait for the flaky one's retries.
+    assert max(landed_at[f"k{i}"] for i in range(20)) < landed_at["flaky"]
+    for name in queues.retries():
+        assert await depth(amqp_connection, name) == 0

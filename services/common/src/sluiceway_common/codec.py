@@ -25,6 +25,8 @@ import zstandard
 # Marks a fetch task published by ``sluiceway failed retry``: the fetcher that lands its
 # record removes the key from the failed set.
 RETRY_HEADER = "x-sluiceway-retry"
+# Which attempt at its key a fetch task is (absent: the first).
+ATTEMPT_HEADER = "x-sluiceway-attempt"
 
 
 class BadMessage(ValueError):

@@ -15,6 +15,11 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+# The delays, in seconds, a fetch task can wait before its next attempt: one queue each,
+# so that every message in a queue waits as long as the one before it (RabbitMQ expires
+# messages only at a queue's head).
+RETRY_DELAYS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
 # A record redelivered this many times (each one a consumer that died holding it) is
 # dead-lettered: the writer retries database outages in-process, so only crashes count.
 RECORD_DELIVERY_LIMIT = 20
@@ -38,8 +43,25 @@ class Queues:
     def dead(self) -> str:
         return f"sluiceway.{self.pipeline}.records.dead"
 
+    def retry(self, seconds: int) -> str:
+        """Where a fetch task waits ``seconds`` before it goes back to the fetch queue."""
+        return f"sluiceway.{self.pipeline}.fetch.retry.{seconds}s"
+
+    def retries(self) -> tuple[str, ...]:
+        return tuple(self.retry(seconds) for seconds in RETRY_DELAYS)
+
     def arguments(self, name: str) -> dict[str, Any]:
         """The declare arguments of queue ``name``; they must never differ between services."""
+        for seconds in RETRY_DELAYS:
+            if name == self.retry(seconds):
+                # Classic: a quorum queue dead-letters at most once unless told otherwise,
+                # and a task must not be lost on its way back to the fetch queue.
+                return {
+                    "x-queue-type": "classic",
+                    "x-message-ttl": seconds * 1000,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self.fetch,
+                }
         arguments: dict[str, Any] = {"x-queue-type": "quorum"}
         if name == self.records:
             arguments |= {

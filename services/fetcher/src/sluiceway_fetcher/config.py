@@ -76,6 +76,13 @@ RATE_LIMIT = replace(
     "unless `sluiceway rate set` overrides it",
 )
 
+MAX_ATTEMPTS = Option(
+    "SLUICEWAY_MAX_ATTEMPTS",
+    settings.integer(1, 20),
+    "an integer from 1 to 20",
+    "attempts at a key before a timeout, connection error, 5xx, 408 or 429 fails it for good",
+    default="5",
+)
 MAX_BODY_BYTES = Option(
     "SLUICEWAY_MAX_BODY_BYTES",
     settings.integer(1024, 1 << 30),
@@ -121,6 +128,7 @@ OPTIONS = (
     RATE_LIMIT,
     CONCURRENCY,
     REQUEST_TIMEOUT,
+    MAX_ATTEMPTS,
     MAX_BODY_BYTES,
     PUBLISH_LINGER_MS,
     PACK_MAX_RECORDS,
@@ -140,6 +148,7 @@ class FetcherSettings:
     rate_limit: float
     concurrency: int
     request_timeout: float
+    max_attempts: int
     max_body_bytes: int
     publish_linger_ms: float
     pack_max_records: int

@@ -1,18 +1,21 @@
-"""The fetcher's subscription: one fetch task in, one record or one failed key out, then ack.
+"""The fetcher's subscription: one fetch task in; one record, one retry or one failed key out;
+then ack.
 
-A task is acked only after its outcome is safe: the record confirmed by the broker, or the
-key written to the failed set. A crash before that leaves the task unacked, and the broker
-delivers it again; both outcomes are idempotent, so a redelivery changes nothing. A task
-waiting for the rate limit when the fetcher stops goes back to the queue.
+A task is acked only after its outcome is safe: the record confirmed by the broker, its next
+attempt confirmed on a delay queue (see ``retry.py``), or the key written to the failed set.
+A crash before that leaves the task unacked, and the broker delivers it again; every outcome
+is idempotent or harmless twice, so a redelivery changes nothing that matters. A task waiting
+for the rate limit when the fetcher stops goes back to the queue.
 
 An upstream that answers 429 or 503 with Retry-After pauses the whole pipeline (every
-fetcher, through the shared limiter) before the key is recorded as failed.
+fetcher, through the shared limiter) before the key is retried or recorded as failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from datetime import UTC, datetime
 
 import aio_pika.exceptions
@@ -21,12 +24,13 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from sluiceway_common import codec, redis_keys, topology
 from sluiceway_fetcher.limiter import LimiterClosed, SharedLimiter
 from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.ratelimit import MAX_PAUSE, pause_seconds
+from sluiceway_fetcher.retry import delay, retryable
 from sluiceway_fetcher.source import Failed, Fetched, fetch
 
 log = logging.getLogger(__name__)
@@ -37,18 +41,34 @@ BROKER_ERRORS = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, Con
 REDIS_RETRY_DELAY = 1.0
 
 
+def attempt_of(message: AbstractIncomingMessage) -> int:
+    """Which attempt at its key ``message`` is: its attempt header, else the first."""
+    value = (message.headers or {}).get(codec.ATTEMPT_HEADER, 1)
+    try:
+        return max(1, int(value)) if isinstance(value, int | str) else 1
+    except (TypeError, ValueError):
+        return 1
+
+
 class Fetcher:
     """Handles fetch tasks of one pipeline; counts what it did for the exit summary."""
 
     def __init__(
         self,
+        channel: AbstractChannel,
         queues: topology.Queues,
         http: httpx.AsyncClient,
         redis_client: aioredis.Redis,
         limiter: SharedLimiter,
         packer: Packer,
         source_url: str,
+        max_attempts: int,
+        rng: random.Random | None = None,
     ) -> None:
+        self._channel = channel  # publishes with confirms: retries go out on it
+        self._max_attempts = max_attempts
+        self._rng = rng or random.Random()
+        self.retried = 0
         self._queues = queues
         self._packer = packer
         self._http = http
@@ -91,18 +111,41 @@ class Fetcher:
             if (message.headers or {}).get(codec.RETRY_HEADER):
                 await self._forget_failure(key)
         else:
+            attempt = attempt_of(message)
             try:
                 if outcome.retry_after:
                     await self._pause(key, outcome)
-                await self._record_failure(key, outcome)
+                if retryable(outcome.status) and attempt < self._max_attempts:
+                    await self._retry_later(message, key, attempt, outcome)
+                    await message.ack()
+                    return
+                await self._record_failure(key, outcome, attempt)
             except redis.exceptions.RedisError as exc:
                 log.warning("cannot record failed key %r, Redis: %s; requeueing", key, exc)
                 await asyncio.sleep(REDIS_RETRY_DELAY)
                 await message.nack(requeue=True)
                 return
             self.failed += 1
-            log.info("key %r failed: %s", key, outcome.reason)
+            log.info("key %r failed after %d attempts: %s", key, attempt, outcome.reason)
         await message.ack()
+
+    async def _retry_later(
+        self, message: AbstractIncomingMessage, key: str, attempt: int, outcome: Failed
+    ) -> None:
+        """Queue the task's next attempt behind a delay; the broker brings it back."""
+        seconds = delay(attempt, self._rng)
+        headers = dict(message.headers or {})
+        headers[codec.ATTEMPT_HEADER] = attempt + 1
+        await self._channel.default_exchange.publish(
+            topology.persistent(message.body, headers=headers),
+            routing_key=self._queues.retry(seconds),
+            mandatory=True,
+        )
+        self.retried += 1
+        log.info(
+            "key %r: %s; attempt %d of %d, next in %d s",
+            key, outcome.reason, attempt, self._max_attempts, seconds,
+        )  # fmt: skip
 
     async def _pause(self, key: str, outcome: Failed) -> None:
         assert outcome.retry_after is not None
@@ -135,10 +178,11 @@ class Fetcher:
         except redis.exceptions.RedisError as exc:
             log.warning("retried key %r landed but stays in the failed set, Redis: %s", key, exc)
 
-    async def _record_failure(self, key: str, outcome: Failed) -> None:
+    async def _record_failure(self, key: str, outcome: Failed, attempts: int) -> None:
         info = {
             "reason": outcome.reason,
             "status": outcome.status,
+            "attempts": attempts,
             "at": datetime.now(UTC).isoformat(),
         }
         pipeline = self._queues.pipeline

@@ -36,9 +36,13 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
                 channel = await amqp.publishing_channel(connection)
                 await channel.set_qos(prefetch_count=config.concurrency)
                 fetch_queue, *_ = await topology.declare(channel, queues)
+                await topology.declare(channel, queues, *queues.retries())
                 limiter = SharedLimiter(redis_client, config.pipeline, config.rate_limit)
                 packer = Packer(channel, queues.records, config.pack_policy())
-                fetcher = Fetcher(queues, http, redis_client, limiter, packer, config.source_url)
+                fetcher = Fetcher(
+                    channel, queues, http, redis_client, limiter, packer, config.source_url,
+                    config.max_attempts,
+                )  # fmt: skip
                 override = await limiter.override()
                 tag = await fetch_queue.consume(fetcher.on_message)
                 log.info(
@@ -63,8 +67,8 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
     finally:
         await connection.close()
     log.info(
-        "fetcher stopped: %d keys fetched, %d failed; %d record messages",
-        fetcher.fetched, fetcher.failed, packer.messages,
+        "fetcher stopped: %d keys fetched, %d failed, %d retries queued; %d record messages",
+        fetcher.fetched, fetcher.failed, fetcher.retried, packer.messages,
     )  # fmt: skip
     return 0
 

@@ -152,7 +152,9 @@ class Demo:
         connection = await amqp.connect(self.config.amqp_url, "demo")
         try:
             channel = await connection.channel()
-            for queue in await topology.declare(channel, self.queues):
+            declared = await topology.declare(channel, self.queues)
+            declared += await topology.declare(channel, self.queues, *self.queues.retries())
+            for queue in declared:
                 await queue.purge()
         finally:
             await connection.close()
