@@ -119,6 +119,7 @@ async def test_status_json_counts_queues_rows_and_failed(
     assert status["rows"] == 0
     assert status["failed"] == 2
     assert status["buffered"] == 0
+    assert status["retrying"] == 0
     text = sluiceway(services, database_url, pipeline, "status")
     assert "keys failed   2" in text.stdout
 

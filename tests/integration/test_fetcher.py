@@ -14,6 +14,7 @@ from aiohttp import web
 
 from sluiceway_common import codec, redis_keys, topology
 from sluiceway_common.failed import retry_failed
+from sluiceway_common.status import collect
 from sluiceway_sample_api.data import is_missing, user
 from sluiceway_sample_api.server import Behaviour, make_app
 from tests.conftest import ServiceUrls
@@ -242,6 +243,7 @@ async def _landed(connection: AbstractConnection, queue: str, n: int) -> bool:
 
 async def test_passing_failures_are_retried_later_without_holding_up_other_keys(
     services: ServiceUrls,
+    database_url: str,
     pipeline: str,
     amqp_connection: AbstractConnection,
     redis_client: aioredis.Redis,
@@ -266,6 +268,12 @@ async def test_passing_failures_are_retried_later_without_holding_up_other_keys(
                       [codec.encode_task(k) for k in keys])  # fmt: skip
         async with running_fetcher(services.amqp, services.redis, pipeline, base + "/x/{key}",
                                    max_attempts=3):  # fmt: skip
+
+            async def waiting() -> bool:
+                status = await collect(database_url, services.amqp, services.redis, pipeline)
+                return status.retrying > 0
+
+            await eventually(waiting, what="a key waiting on a delay queue, shown by status")
             await eventually(
                 lambda: _records_and_failed(amqp_connection, redis_client, pipeline, len(keys)),
                 within=30, what="every key landed or failed after its retries",

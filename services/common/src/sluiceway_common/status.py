@@ -39,6 +39,7 @@ class Status:
     rows: int | None  # None: the records table does not exist (run `sluiceway migrate`)
     failed: int
     buffered: int = 0  # rows in records_buffer, waiting for a buffered-mode merger
+    retrying: int = 0  # fetch tasks on the delay queues, waiting for their next attempt
 
     def depth(self, name: str) -> int:
         return sum(q.ready for q in self.queues if q.name == name)
@@ -104,11 +105,13 @@ class StatusReader:
         await self._stack.aclose()
 
     async def read(self, pipeline: str) -> Status:
-        depths = await queue_depths(self._amqp, topology.Queues(pipeline).all())
+        queues = topology.Queues(pipeline)
+        depths = await queue_depths(self._amqp, queues.all())
+        retrying = sum(q.ready for q in await queue_depths(self._amqp, queues.retries()))
         rows = await row_count(self._db, pipeline)
         buffered = await buffered_count(self._db, pipeline)
         failed = await self._redis.scard(redis_keys.failed_set(pipeline))
-        return Status(pipeline, depths, rows, int(failed), buffered)
+        return Status(pipeline, depths, rows, int(failed), buffered, retrying)
 
 
 async def collect(database_url: str, amqp_url: str, redis_url: str, pipeline: str) -> Status:
@@ -126,6 +129,8 @@ def render(status: Status) -> str:
     if status.buffered:
         lines.append(f"  rows buffered {status.buffered:,} (waiting for the merger)")
     lines.append(f"  keys failed   {status.failed:,}")
+    if status.retrying:
+        lines.append(f"  keys waiting  {status.retrying:,} (for their next attempt)")
     return "\n".join(lines)
 
 
