@@ -43,6 +43,7 @@ bench: install services ## benchmarks, medians of rounds run side by side (not p
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/writer.py
 	$(BIN)/python -m benchmarks.write_modes
+	$(BIN)/python -m benchmarks.fetcher
 
 lint: install ## ruff
 	$(BIN)/ruff check .
