@@ -48,7 +48,7 @@ async def queues_for_run(connection: aio_pika.abc.AbstractConnection, name: str
     try:
         yield queues
     finally:
-        for queue in (*queues.all(), *queues.retries()):
+        for queue in queues.owned():
             await channel.queue_delete(queue)
         await channel.close()
 

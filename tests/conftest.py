@@ -148,7 +148,7 @@ async def pipeline(services: ServiceUrls, database_url: str) -> AsyncIterator[st
     yield name
     connection = await aio_pika.connect(services.amqp)
     try:
-        for queue in (*topology.Queues(name).all(), *topology.Queues(name).retries()):
+        for queue in topology.Queues(name).owned():
             channel = await connection.channel()
             await channel.queue_delete(queue)
             await channel.close()
@@ -156,11 +156,7 @@ async def pipeline(services: ServiceUrls, database_url: str) -> AsyncIterator[st
         await connection.close()
     client = aioredis.Redis.from_url(services.redis)
     try:
-        await client.delete(
-            redis_keys.failed_set(name), redis_keys.failed_info(name),
-            redis_keys.rate_last(name), redis_keys.rate_limit(name),
-            redis_keys.rate_pause_until(name),
-        )  # fmt: skip
+        await client.delete(*redis_keys.owned(name))
     finally:
         await client.aclose()
     conn = await asyncpg.connect(database_url)

@@ -29,6 +29,14 @@ def rate_limit(pipeline: str) -> str:
     return f"sluiceway:{pipeline}:rate:limit"
 
 
+def owned(pipeline: str) -> tuple[str, ...]:
+    """Every Redis key of the pipeline: what to delete along with it."""
+    return (
+        failed_set(pipeline), failed_info(pipeline),
+        rate_last(pipeline), rate_limit(pipeline), rate_pause_until(pipeline),
+    )  # fmt: skip
+
+
 def rate_pause_until(pipeline: str) -> str:
     """No request starts before this time: the upstream asked for a pause (Retry-After)."""
     return f"sluiceway:{pipeline}:rate:pause_until"

@@ -50,6 +50,10 @@ class Queues:
     def retries(self) -> tuple[str, ...]:
         return tuple(self.retry(seconds) for seconds in RETRY_DELAYS)
 
+    def owned(self) -> tuple[str, ...]:
+        """Every queue of the pipeline: what to empty or delete along with it."""
+        return (*self.all(), *self.retries())
+
     def arguments(self, name: str) -> dict[str, Any]:
         """The declare arguments of queue ``name``; they must never differ between services."""
         for seconds in RETRY_DELAYS:

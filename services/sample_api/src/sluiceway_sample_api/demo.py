@@ -152,21 +152,14 @@ class Demo:
         connection = await amqp.connect(self.config.amqp_url, "demo")
         try:
             channel = await connection.channel()
-            declared = await topology.declare(channel, self.queues)
-            declared += await topology.declare(channel, self.queues, *self.queues.retries())
-            for queue in declared:
+            for queue in await topology.declare(channel, self.queues, *self.queues.owned()):
                 await queue.purge()
         finally:
             await connection.close()
         client = aioredis.Redis.from_url(self.config.redis_url)
         try:
-            pipeline = self.config.pipeline
             # A rate override or pause left from earlier would hold the demo back.
-            await client.delete(
-                redis_keys.failed_set(pipeline), redis_keys.failed_info(pipeline),
-                redis_keys.rate_last(pipeline), redis_keys.rate_limit(pipeline),
-                redis_keys.rate_pause_until(pipeline),
-            )  # fmt: skip
+            await client.delete(*redis_keys.owned(self.config.pipeline))
         finally:
             await client.aclose()
         conn = await asyncpg.connect(self.config.database_url)

@@ -60,7 +60,10 @@ class Writer:
         self._channel = channel
         self._queues = queues
         self._sink = sink
+        if batcher.max_bytes is None:
+            raise ValueError("the writer's batcher needs a byte bound: it caps decompression")
         self._batcher = batcher
+        self._max_bytes = batcher.max_bytes
         self._clock = clock
         self._wake = asyncio.Event()
         self._stop = stop
@@ -71,9 +74,8 @@ class Writer:
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # Decoding here, not at the flush, overlaps it with the database writing the batch
         # before, and tells the batcher how many rows and bytes the message weighs.
-        limit = self._batcher.max_bytes or len(message.body) * 1000 + 1
         try:
-            decoded = codec.decode_message(message.body, message.content_encoding, limit)
+            decoded = codec.decode_message(message.body, message.content_encoding, self._max_bytes)
         except codec.BadMessage as exc:
             delivery, rows, size = Delivery(message, None, str(exc)), 1, len(message.body)
         else:
