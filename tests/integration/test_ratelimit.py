@@ -9,6 +9,7 @@ import bisect
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ from sluiceway_common import codec, redis_keys, topology
 from sluiceway_fetcher.limiter import (
     GCRA_LUA,
     HELPERS_LUA,
+    LATE,
     RECHECK,
     LimiterClosed,
     SharedLimiter,
@@ -261,6 +263,35 @@ async def test_a_raised_limit_reaches_a_waiting_caller_within_a_second(
     await redis_client.set(redis_keys.rate_limit(pipeline), "2")
     times = await acquire_times(limiter, 2)
     assert times[1] - times[0] >= 0.5 - 0.01
+
+
+async def test_a_slot_its_caller_wakes_too_late_for_is_given_up(
+    redis_client: aioredis.Redis, pipeline: str
+) -> None:
+    # A process starved of CPU wakes after its slot: that request must not go out in the
+    # time of the slots after it (another fetcher's, perhaps), but in a slot of its own.
+    limiter = SharedLimiter(redis_client, pipeline, 10)  # one slot every 100 ms, no spare
+    await limiter.acquire()
+    first_slot = await redis_client.get(redis_keys.rate_last(pipeline))
+    waiting = asyncio.create_task(limiter.acquire())
+    # Once the next slot is reserved (within AHEAD of its time) and its caller sleeps until
+    # it, the loop stalls.
+    async with asyncio.timeout(2):
+        # Polled often: the slot is due 25 ms after it is reserved.
+        while await redis_client.get(redis_keys.rate_last(pipeline)) == first_slot:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+    assert not waiting.done()
+    time.sleep(0.3)  # noqa: ASYNC251 -- the stall is the point
+    seconds, micros = await redis_client.time()
+    stalled_until = seconds + micros / 1e6
+    await asyncio.wait_for(waiting, timeout=2)
+    assert limiter.late == 1
+    # The slot it went in was reserved after the stall, spaced from every other one.
+    last_slot = float(await redis_client.get(redis_keys.rate_last(pipeline)))
+    assert last_slot >= stalled_until - LATE
+    # A caller on time is not counted.
+    await limiter.acquire()
+    assert limiter.late == 1
 
 
 async def test_close_gives_back_the_callers_without_a_slot(

@@ -115,6 +115,11 @@ BACKOFF_MAX = 3.0
 # A caller told to wait longer than this (a pause, a low limit) asks again after it anyway,
 # so that a pause deleted or a limit raised by hand reaches it within this time.
 RECHECK = 1.0
+# A slot this late when its caller wakes (a process starved of CPU, a stalled event loop)
+# is given up and the caller takes another. Gone late, its request would land in the next
+# slots' time, beside the other fetchers' requests made on time: slots a starved process
+# had reserved all at once would reach the upstream together.
+LATE = 0.005
 
 
 class LimiterClosed(Exception):
@@ -151,23 +156,28 @@ class SharedLimiter:
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
         self._unreachable = False  # Redis could not be reached at the last attempt
+        self.late = 0  # slots given up because their caller woke too late (see LATE)
 
     async def acquire(self) -> None:
         """Wait for a slot, however long the pipeline's limit, a pause or a Redis outage
         takes; raise :class:`LimiterClosed` when :meth:`close` is called first."""
-        if self._closed:
-            raise LimiterClosed
         loop = asyncio.get_running_loop()
-        start = None if self._waiters else self._take(loop.time())
-        if start is None:
-            slot = loop.create_future()
-            self._waiters.append(slot)
-            if self._refiller is None:
-                self._refiller = asyncio.create_task(self._refill())
-            start = await slot
-        delay = start - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        while True:
+            if self._closed:
+                raise LimiterClosed
+            start = None if self._waiters else self._take(loop.time())
+            if start is None:
+                slot = loop.create_future()
+                self._waiters.append(slot)
+                if self._refiller is None:
+                    self._refiller = asyncio.create_task(self._refill())
+                start = await slot
+            delay = start - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if loop.time() - start <= LATE:
+                return
+            self.late += 1
 
     def _take(self, now: float) -> float | None:
         """The run's first slot not before ``now``, or None; slots passed unused are dropped
@@ -238,7 +248,8 @@ class SharedLimiter:
                     await asyncio.sleep(min(wait, RECHECK))
                     continue
                 # The wait is on Redis's clock from when the script ran; counted from now,
-                # after the reply's way back, a slot can only come late, never early.
+                # after the reply's way back, a slot can only come late, never early (and
+                # one that comes later than LATE is given up, see acquire()).
                 now = loop.time()
                 self._first, self._interval, self._next, self._count = (
                     now + wait, interval, 0, granted

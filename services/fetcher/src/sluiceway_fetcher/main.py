@@ -67,8 +67,9 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
     finally:
         await connection.close()
     log.info(
-        "fetcher stopped: %d keys fetched, %d failed, %d retries queued; %d record messages",
-        fetcher.fetched, fetcher.failed, fetcher.retried, packer.messages,
+        "fetcher stopped: %d keys fetched, %d failed, %d retries queued; %d record messages; "
+        "%d rate-limit slots given up for a late wake-up",
+        fetcher.fetched, fetcher.failed, fetcher.retried, packer.messages, limiter.late,
     )  # fmt: skip
     return 0
 
