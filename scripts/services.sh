@@ -5,7 +5,8 @@
 # missing and we are root, install it with apt and start it; otherwise stop with one line
 # saying what to install or which SLUICEWAY_*_URL to set. A service whose URL is set in the
 # environment is the user's to run and is left alone. Then make sure PostgreSQL has the
-# `sluiceway` role (password `sluiceway`, may create databases) and database.
+# `sluiceway` role (password `sluiceway`, may create databases) and database, and that
+# RabbitMQ's management plugin is on (the operator reads queue depths from it).
 set -euo pipefail
 
 RUN_DIR=${RUN_DIR:-$(pwd)/.run}
@@ -117,6 +118,17 @@ ensure_rabbitmq() {
     wait_port 5672 30 || die "RabbitMQ did not come up on 127.0.0.1:5672; see /var/log/rabbitmq/"
   fi
   say "RabbitMQ: up on 127.0.0.1:5672"
+  # The operator reads queue depths (ready and unacked) from the management API.
+  if ! port_open 15672; then
+    if is_root && command -v rabbitmq-plugins >/dev/null; then
+      say "RabbitMQ: enabling the management plugin"
+      rabbitmq-plugins enable rabbitmq_management >/dev/null
+      wait_port 15672 60 || die "RabbitMQ's management API did not come up on 127.0.0.1:15672"
+    else
+      die "RabbitMQ's management API is not on 127.0.0.1:15672: enable it (as root: rabbitmq-plugins enable rabbitmq_management)"
+    fi
+  fi
+  say "RabbitMQ: management API up on 127.0.0.1:15672"
 }
 
 ensure_postgres

@@ -34,6 +34,14 @@ class ServiceUrls:
     database: str  # a database the tests may create other databases from
     amqp: str
     redis: str
+    management: str = ""  # RabbitMQ's management API (the operator reads depths from it)
+
+    def management_api(self) -> str:
+        """The management API: as given, else the AMQP host on 15672 with the same user."""
+        if self.management:
+            return self.management
+        parts = urlsplit(self.amqp)
+        return f"http://{parts.netloc.rsplit('@', 1)[0]}@{parts.hostname}:15672"
 
 
 def _docker_answers() -> bool:
@@ -62,7 +70,9 @@ def _containers(stack: ExitStack) -> ServiceUrls:
     from testcontainers.redis import RedisContainer
 
     pg = stack.enter_context(PostgresContainer("postgres:16-alpine", driver=None))
-    mq = stack.enter_context(RabbitMqContainer("rabbitmq:3.13-alpine"))
+    mq = stack.enter_context(
+        RabbitMqContainer("rabbitmq:3.13-management-alpine").with_exposed_ports(5672, 15672)
+    )
     rd = stack.enter_context(RedisContainer("redis:7-alpine"))
     return ServiceUrls(
         database=f"postgresql://{pg.username}:{pg.password}@{pg.get_container_host_ip()}:"
@@ -70,6 +80,8 @@ def _containers(stack: ExitStack) -> ServiceUrls:
         amqp=f"amqp://{mq.username}:{mq.password}@{mq.get_container_host_ip()}:"
         f"{mq.get_exposed_port(5672)}/",
         redis=f"redis://{rd.get_container_host_ip()}:{rd.get_exposed_port(6379)}/0",
+        management=f"http://{mq.username}:{mq.password}@{mq.get_container_host_ip()}:"
+        f"{mq.get_exposed_port(15672)}",
     )
 
 
@@ -91,7 +103,10 @@ def services() -> Iterator[ServiceUrls]:
                 "run the tests with `make test`, or set the URLs of real services",
                 pytrace=False,
             )
-        yield ServiceUrls(*(os.environ[name] for name in names))
+        yield ServiceUrls(
+            *(os.environ[name] for name in names),
+            management=os.environ.get("SLUICEWAY_TEST_MANAGEMENT_URL", ""),
+        )
 
 
 def with_database(url: str, name: str) -> str:

@@ -1,0 +1,132 @@
+"""The records queue's depth, as the scaling policy needs it: ready *and* unacked messages.
+
+RabbitMQ's management HTTP API counts both (``messages`` of ``/api/queues/<vhost>/<name>``);
+a writer's prefetched batch is unacked, and a policy that saw only ready messages would
+take busy writers for idle ones and scale them away mid-batch. When the management API
+cannot be reached (the plugin is off, a network policy), an AMQP passive declare is the
+fallback; it sees ready messages only, and the reading says which source it came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import aio_pika
+import aio_pika.exceptions
+import aiormq.exceptions
+import httpx
+
+from sluiceway_common import amqp
+from sluiceway_common.settings import mask
+from sluiceway_common.status import queue_depths
+
+log = logging.getLogger(__name__)
+
+Source = Literal["management-api", "passive-declare"]
+MANAGEMENT_TIMEOUT = 5.0
+
+
+class BrokerUnreachable(Exception):
+    """Neither the management API nor AMQP answered; the message says what each said."""
+
+
+@dataclass(frozen=True)
+class Depth:
+    messages: int  # ready + unacked from the management API; ready only from AMQP
+    consumers: int
+    source: Source
+
+
+def management_url(amqp_url: str) -> str:
+    """The management API of the broker behind ``amqp_url``: same host and user, port 15672
+    (15671 over TLS)."""
+    parts = urlsplit(amqp_url)
+    tls = parts.scheme == "amqps"
+    netloc = parts.netloc.rsplit("@", 1)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    address = f"{host}:{15671 if tls else 15672}"
+    return urlunsplit(("https" if tls else "http",
+                       f"{netloc[0]}@{address}" if len(netloc) == 2 else address,
+                       "", "", ""))  # fmt: skip
+
+
+def vhost_of(amqp_url: str) -> str:
+    path = urlsplit(amqp_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+class DepthReader:
+    """Reads one pipeline's queue depths; keeps one AMQP connection for the fallback."""
+
+    def __init__(self, amqp_url: str, management: str | None = None) -> None:
+        self._amqp_url = amqp_url
+        base = urlsplit(management or management_url(amqp_url))
+        auth = httpx.BasicAuth(unquote(base.username or "guest"),
+                               unquote(base.password or "guest"))  # fmt: skip
+        host = base.hostname or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{host}:{base.port}" if base.port else host
+        self._api = urlunsplit((base.scheme, netloc, base.path.rstrip("/"), "", ""))
+        self._http = httpx.AsyncClient(auth=auth, timeout=MANAGEMENT_TIMEOUT)
+        self._vhost = quote(vhost_of(amqp_url), safe="")
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._source: Source | None = None
+
+    async def read(self, queue: str) -> Depth:
+        try:
+            depth = await self._management(queue)
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            management_error = f"{type(exc).__name__}: {mask(str(exc))}"
+            try:
+                depth = await self._passive(queue)
+            except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError,
+                    TimeoutError) as amqp_exc:  # fmt: skip
+                await self._drop_connection()
+                raise BrokerUnreachable(
+                    f"management API: {management_error}; AMQP: "
+                    f"{type(amqp_exc).__name__}: {mask(str(amqp_exc))}"
+                ) from None
+            if self._source != depth.source:
+                log.warning("queue depth from a passive declare, which counts ready messages "
+                            "only: the management API at %s failed (%s)",
+                            mask(self._api), management_error)  # fmt: skip
+        self._source = depth.source
+        return depth
+
+    async def _management(self, queue: str) -> Depth:
+        response = await self._http.get(f"{self._api}/api/queues/{self._vhost}/"
+                                        f"{quote(queue, safe='')}")  # fmt: skip
+        if response.status_code == 404 and response.json().get("error") == "Object Not Found":
+            return Depth(0, 0, "management-api")  # not declared yet: nothing to do
+        response.raise_for_status()
+        doc = response.json()
+        # Absent right after the queue is declared, until the first statistics sample.
+        messages = doc.get("messages")
+        if messages is None:
+            messages = int(doc.get("messages_ready", 0)) + int(
+                doc.get("messages_unacknowledged", 0))  # fmt: skip
+        return Depth(int(messages), int(doc.get("consumers", 0)), "management-api")
+
+    async def _passive(self, queue: str) -> Depth:
+        if self._connection is None or self._connection.is_closed:
+            self._connection = await amqp.connect_plain(self._amqp_url, "operator")
+        (depth,) = await queue_depths(self._connection, (queue,))
+        return Depth(depth.ready, depth.consumers, "passive-declare")
+
+    async def _drop_connection(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            try:
+                await connection.close()
+            except Exception:
+                log.debug("closing a failed AMQP connection", exc_info=True)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        await self._drop_connection()

@@ -1,0 +1,411 @@
+"""The real operator, in-process, against kmock (an in-memory Kubernetes API) and the real
+RabbitMQ and Redis: a Pipeline is deployed, gated on its migration Job, scaled by its
+records queue, paused, given a new rate limit, and deleted with its children.
+
+kmock runs no controllers: no pods start, Jobs finish only when the test says so, and
+owner references collect nothing, which is why the operator deletes a Pipeline's children
+itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kmock
+import kopf
+import pytest
+import redis.asyncio as aioredis
+import yaml
+from aio_pika.abc import AbstractConnection
+
+from sluiceway_common import redis_keys, topology
+from sluiceway_operator import crd
+from tests.conftest import ServiceUrls
+from tests.integration.helpers import eventually, publish
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+NAMESPACE = "data"
+VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+RESOURCES = {
+    "sluiceway.io/v1alpha1/pipelines": ("Pipeline", True),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False),
+    "v1/namespaces": ("Namespace", False),
+    "v1/secrets": ("Secret", True),
+    "v1/configmaps": ("ConfigMap", True),
+    "v1/events": ("Event", True),
+    "apps/v1/deployments": ("Deployment", True),
+    "batch/v1/jobs": ("Job", True),
+}
+
+
+class Cluster:
+    """The test's side of the API: plain HTTP, as kubectl would send it."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.AsyncClient(base_url=url)
+
+    @staticmethod
+    def path(kind: str, name: str | None = None) -> str:
+        prefix, plural = {
+            "Pipeline": ("apis/sluiceway.io/v1alpha1", "pipelines"),
+            "Secret": ("api/v1", "secrets"),
+            "ConfigMap": ("api/v1", "configmaps"),
+            "Deployment": ("apis/apps/v1", "deployments"),
+            "Job": ("apis/batch/v1", "jobs"),
+        }[kind]
+        return f"/{prefix}/namespaces/{NAMESPACE}/{plural}" + (f"/{name}" if name else "")
+
+    async def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        response = await self.http.get(self.path(kind, name))
+        return None if response.status_code == 404 else response.raise_for_status().json()
+
+    async def create(self, body: dict[str, Any]) -> None:
+        (await self.http.post(self.path(body["kind"]), json=body)).raise_for_status()
+
+    async def patch(self, kind: str, name: str, changes: dict[str, Any]) -> None:
+        response = await self.http.patch(
+            self.path(kind, name),
+            json=changes,
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        response.raise_for_status()
+
+    async def delete(self, kind: str, name: str) -> None:
+        (await self.http.delete(self.path(kind, name))).raise_for_status()
+
+    async def until(self, kind: str, name: str, check: Callable[[dict[str, Any]], bool],
+                    what: str, within: float = 30) -> dict[str, Any]:  # fmt: skip
+        seen: dict[str, Any] = {}
+
+        async def holds() -> bool:
+            nonlocal seen
+            seen = await self.get(kind, name) or {}
+            return bool(seen) and check(seen)
+
+        try:
+            await eventually(holds, within=within, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen: {seen.get('spec')}, "
+                                 f"{seen.get('status')}") from None  # fmt: skip
+        return seen
+
+
+def replicas(doc: dict[str, Any]) -> int:
+    return int(doc["spec"]["replicas"])
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
+    async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
+        for resource, (kind, namespaced) in RESOURCES.items():
+            api.resources[resource] = kmock.ResourceInfo(
+                kind=kind, namespaced=namespaced, verbs=VERBS,
+                subresources={"status"} if kind == "Pipeline" else set())  # fmt: skip
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": str(server.url).rstrip("/")}}],
+            "users": [{"name": "kmock", "user": {"token": "test"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock",
+                                                      "namespace": NAMESPACE}}],
+        }))  # fmt: skip
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        client = Cluster(str(server.url).rstrip("/"))
+        try:
+            yield client
+        finally:
+            await client.http.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running_operator() -> AsyncIterator[None]:
+    import sluiceway_operator.handlers  # noqa: F401 -- registers the handlers
+
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = True  # kmock serves no cluster-wide resource scanning
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(kopf.operator(
+        standalone=True, namespaces=[NAMESPACE], settings=settings, stop_flag=stop))  # fmt: skip
+    try:
+        yield
+    finally:
+        stop.set_result(None)
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
+    cluster: Cluster, services: ServiceUrls, amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis, pipeline: str, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO)
+    secret = {
+        "DATABASE_URL": services.database,
+        "AMQP_URL": services.amqp,
+        "REDIS_URL": services.redis,
+        "MANAGEMENT_URL": services.management_api(),
+    }
+    await cluster.create({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "conn", "namespace": NAMESPACE},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
+    })  # fmt: skip
+    queues = topology.Queues(pipeline)
+    # The records queue exists before the first writer (the fetchers declare it too).
+    await publish(amqp_connection, pipeline, queues.records, [])
+    body = {
+        "apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "Pipeline",
+        # kmock sets neither uid nor resourceVersion (kopf tests the latter when it patches).
+        "metadata": {"name": "users", "namespace": NAMESPACE, "uid": "uid-users-1",
+                     "resourceVersion": "1"},
+        "spec": {
+            "pipeline": pipeline,
+            "image": {"repository": "registry.example/sluiceway", "tag": "1.0"},
+            "connectionsSecret": "conn",
+            "source": {"url": "https://api.example.com/users/{key}", "rateLimit": 25},
+            "writer": {"minReplicas": 1, "maxReplicas": 4, "targetQueueDepth": 5,
+                       "scaleDownStabilizationSeconds": 4},
+            "pollIntervalSeconds": 1,
+        },
+    }  # fmt: skip
+    async with running_operator():
+        await cluster.create(body)
+
+        # Deployed, writers held at 0 while the migration Job runs.
+        fetcher = await cluster.until("Deployment", "users-fetcher", lambda d: True, "fetcher")
+        container = fetcher["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == "registry.example/sluiceway-fetcher:1.0"
+        assert fetcher["metadata"]["ownerReferences"][0]["uid"] == "uid-users-1"
+        writer = await cluster.until("Deployment", "users-writer", lambda d: True, "writer")
+        assert replicas(writer) == 0
+        pipeline_doc = await cluster.until(
+            "Pipeline", "users", lambda p: p.get("status", {}).get("phase") == "Migrating",
+            "phase Migrating")  # fmt: skip
+        job_name = pipeline_doc["status"]["migration"]["job"]
+        job = await cluster.get("Job", job_name)
+        assert job is not None
+        job_container = job["spec"]["template"]["spec"]["containers"][0]
+        assert (job_container["image"], job_container["args"]) == (
+            "registry.example/sluiceway-writer:1.0", ["migrate"])  # fmt: skip
+        config = await cluster.get("ConfigMap", "users-config")
+        assert config is not None
+        assert config["data"] == {"SLUICEWAY_RATE_LIMIT": "25"}
+        await asyncio.sleep(2.5)  # two polls more: still gated
+        assert replicas(await cluster.get("Deployment", "users-writer") or {}) == 0
+
+        # The Job succeeds: writers go to the minimum.
+        await cluster.patch(
+            "Job",
+            job_name,
+            {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
+        )
+        await cluster.until("Deployment", "users-writer", lambda d: replicas(d) == 1,
+                            "writers at the minimum after the migration")  # fmt: skip
+        status = (await cluster.until("Pipeline", "users",
+                                      lambda p: p["status"].get("phase") == "Running",
+                                      "phase Running"))["status"]  # fmt: skip
+        assert status["migration"]["state"] == "Succeeded"
+        assert await redis_client.get(redis_keys.rate_limit(pipeline)) == b"25"
+
+        # A backlog of 12 messages at 5 a writer: 3 writers.
+        await publish(amqp_connection, pipeline, queues.records, [b"{}"] * 12)
+        await cluster.until("Deployment", "users-writer", lambda d: replicas(d) == 3,
+                            "3 writers for 12 messages", within=40)  # fmt: skip
+        status = (await cluster.get("Pipeline", "users") or {})["status"]
+        assert status["depthSource"] == "management-api"
+        assert status["writers"]["desired"] == 3
+        assert status["lastScaleTime"]
+
+        # Drained: back to the minimum, but only after the stabilization window.
+        channel = await amqp_connection.channel()
+        await (await channel.get_queue(queues.records, ensure=False)).purge()
+        await channel.close()
+        await cluster.until("Deployment", "users-writer", lambda d: replicas(d) == 1,
+                            "back to 1 writer after the window", within=40)  # fmt: skip
+
+        # Paused: a new backlog changes nothing, and the status says why.
+        await cluster.patch(
+            "Pipeline", "users", {"metadata": {"annotations": {"sluiceway.io/paused": "true"}}}
+        )
+        await cluster.until("Pipeline", "users", lambda p: any(
+            c["type"] == "Scaling" and c["reason"] == "Paused"
+            for c in p["status"].get("conditions", [])), "paused condition")  # fmt: skip
+        await publish(amqp_connection, pipeline, queues.records, [b"{}"] * 20)
+        await cluster.until("Pipeline", "users",
+                            lambda p: p["status"].get("queueDepth") == 20, "depth 20",
+                            within=40)  # fmt: skip
+        assert replicas(await cluster.get("Deployment", "users-writer") or {}) == 1
+        await cluster.patch(
+            "Pipeline", "users", {"metadata": {"annotations": {"sluiceway.io/paused": None}}}
+        )
+        await cluster.until("Deployment", "users-writer", lambda d: replicas(d) == 4,
+                            "4 writers once unpaused (20 messages, at most 4)")  # fmt: skip
+
+        # A new rate limit reaches Redis (the running fetchers) and the ConfigMap.
+        await cluster.patch("Pipeline", "users", {"spec": {"source": {"rateLimit": 7.5}}})
+
+        async def rate_in_redis() -> bool:
+            return await redis_client.get(redis_keys.rate_limit(pipeline)) == b"7.5"
+
+        await eventually(rate_in_redis, what="the new rate limit in Redis")
+        await cluster.until(
+            "ConfigMap",
+            "users-config",
+            lambda c: c["data"]["SLUICEWAY_RATE_LIMIT"] == "7.5",
+            "configmap",
+        )
+        fetcher_after = await cluster.get("Deployment", "users-fetcher") or {}
+        assert fetcher_after["spec"]["template"] == fetcher["spec"]["template"]  # no restart
+
+        # Deleted: the children and the override go.
+        await cluster.delete("Pipeline", "users")
+
+        async def children_gone() -> bool:
+            return all([await cluster.get("Deployment", "users-writer") is None,
+                        await cluster.get("Deployment", "users-fetcher") is None,
+                        await cluster.get("ConfigMap", "users-config") is None,
+                        await cluster.get("Job", job_name) is None])  # fmt: skip
+
+        await eventually(children_gone, what="the children deleted")
+
+        async def override_gone() -> bool:
+            return await redis_client.get(redis_keys.rate_limit(pipeline)) is None
+
+        await eventually(override_gone, what="the rate-limit override removed")
+        assert await cluster.get("Pipeline", "users") is None  # its finalizer released
+
+    messages = caplog.text
+    for reason in ("MigrationStarted", "MigrationSucceeded", "ScaledWriters", "RateLimitSet"):
+        assert reason in messages
+    for secret_value in ("sluiceway:sluiceway@", "guest:guest@"):
+        assert secret_value not in messages
+
+
+async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_freezes_scaling(
+    cluster: Cluster, services: ServiceUrls, amqp_connection: AbstractConnection,
+    pipeline: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr("sluiceway_operator.controller.MIGRATION_RETRY_FIRST", 1.0)
+
+    def secret(amqp: str, management: str) -> dict[str, Any]:
+        values = {
+            "DATABASE_URL": services.database,
+            "AMQP_URL": amqp,
+            "REDIS_URL": services.redis,
+            "MANAGEMENT_URL": management,
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "conn", "namespace": NAMESPACE},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+        }
+
+    await cluster.create(secret(services.amqp, services.management_api()))
+    queues = topology.Queues(pipeline)
+    await publish(amqp_connection, pipeline, queues.records, [b"{}"] * 10)
+    spec = {
+        "pipeline": pipeline,
+        "image": {"repository": "registry.example/sluiceway", "tag": "2.0"},
+        "connectionsSecret": "conn",
+        "source": {"url": "https://api.example.com/users/{key}"},
+        "writer": {"minReplicas": 0, "maxReplicas": 5, "targetQueueDepth": 5},
+        "pollIntervalSeconds": 1,
+    }
+    async with running_operator():
+        # What the schema cannot refuse is refused with its reason.
+        await cluster.create({
+            "apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "Pipeline",
+            "metadata": {"name": "bad", "namespace": NAMESPACE, "uid": "uid-bad",
+                         "resourceVersion": "1"},
+            "spec": {**spec, "pipeline": "bad-" + pipeline,
+                     "writer": {"minReplicas": 3, "maxReplicas": 2}},
+        })  # fmt: skip
+        bad = await cluster.until("Pipeline", "bad",
+                                  lambda p: p.get("status", {}).get("phase") == "Failed",
+                                  "invalid spec reported")  # fmt: skip
+        assert "exceeds writer.maxReplicas" in bad["status"]["message"]
+        assert await cluster.get("Deployment", "bad-writer") is None
+
+        await cluster.create({
+            "apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "Pipeline",
+            "metadata": {"name": "orders", "namespace": NAMESPACE, "uid": "uid-orders",
+                         "resourceVersion": "1"},
+            "spec": spec,
+        })  # fmt: skip
+        doc = await cluster.until("Pipeline", "orders",
+                                  lambda p: p.get("status", {}).get("migration", {}).get("job"),
+                                  "migration Job started")  # fmt: skip
+        job = doc["status"]["migration"]["job"]
+        await cluster.patch("Job", job, {"status": {"failed": 3, "conditions": [{
+            "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit"}]}})  # fmt: skip
+        failed = await cluster.until(
+            "Pipeline", "orders", lambda p: p["status"].get("phase") == "Failed",
+            "phase Failed")  # fmt: skip
+        assert "BackoffLimitExceeded" in failed["status"]["message"]
+        assert replicas(await cluster.get("Deployment", "orders-writer") or {}) == 0
+        # After the backoff the failed Job is replaced by a fresh one (attempt 2).
+        await cluster.until("Pipeline", "orders",
+                            lambda p: p["status"]["migration"].get("attempts") == 2
+                            and p["status"]["migration"]["state"] == "Running",
+                            "second attempt")  # fmt: skip
+        fresh = await cluster.get("Job", job)
+        assert fresh is not None
+        assert not fresh.get("status")
+        await cluster.patch("Job", job, {"status": {"conditions": [
+            {"type": "Complete", "status": "True"}]}})  # fmt: skip
+        await cluster.until("Deployment", "orders-writer", lambda d: replicas(d) == 2,
+                            "2 writers for 10 messages", within=40)  # fmt: skip
+
+        # A new image: its migration runs first, while the writers keep the migrated image.
+        await cluster.patch("Pipeline", "orders", {"spec": {"image": {"tag": "3.0"}}})
+        doc = await cluster.until(
+            "Pipeline",
+            "orders",
+            lambda p: p["status"]["migration"]["image"].endswith(":3.0"),
+            "new migration",
+        )
+        new_job = doc["status"]["migration"]["job"]
+        assert new_job != job
+        assert await cluster.get("Job", new_job) is not None
+        await asyncio.sleep(2.5)
+        writer = await cluster.get("Deployment", "orders-writer") or {}
+        assert writer["spec"]["template"]["spec"]["containers"][0]["image"] == (
+            "registry.example/sluiceway-writer:2.0")  # fmt: skip
+        assert replicas(writer) == 2
+        await cluster.patch("Job", new_job, {"status": {"conditions": [
+            {"type": "Complete", "status": "True"}]}})  # fmt: skip
+        await cluster.until("Deployment", "orders-writer", lambda d: d["spec"]["template"][
+            "spec"]["containers"][0]["image"] == "registry.example/sluiceway-writer:3.0",
+            "writers rolled to the migrated image")  # fmt: skip
+
+        # The broker goes away (the Secret now points nowhere): the writers stay as they are.
+        await cluster.patch(
+            "Secret",
+            "conn",
+            {
+                "data": secret("amqp://guest:guest@127.0.0.1:1/", "http://guest:guest@127.0.0.1:1")[
+                    "data"
+                ]
+            },
+        )
+        lost = await cluster.until(
+            "Pipeline",
+            "orders",
+            lambda p: any(
+                c["type"] == "BrokerReachable" and c["status"] == "False"
+                for c in p["status"].get("conditions", [])
+            ),
+            "broker unreachable condition",
+        )
+        assert "guest:guest" not in str(lost["status"])
+        await asyncio.sleep(2.5)  # more polls without a reading
+        assert replicas(await cluster.get("Deployment", "orders-writer") or {}) == 2

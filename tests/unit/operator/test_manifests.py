@@ -1,0 +1,196 @@
+"""The Pipeline definition, the spec reader and every manifest the operator builds,
+validated against Kubernetes' own schemas for the oldest and newest supported versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from sluiceway_operator import crd, manifests
+from sluiceway_operator.controller import job_state, migration_retry_delay
+from sluiceway_operator.spec import InvalidSpec, parse
+
+ROOT = Path(__file__).resolve().parents[3]
+# The oldest Kubernetes sluiceway supports, and the newest the schemas know.
+OLDEST, NEWEST = "1.27.0", kubernetes_validate.latest_version()
+EXAMPLE = yaml.safe_load((ROOT / "examples" / "pipeline.yaml").read_text())
+
+
+def minimal(**changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "image": {"repository": "registry.example/sluiceway", "tag": "1.0"},
+        "connectionsSecret": "conn",
+        "source": {"url": "https://api.example.com/items/{key}"},
+    }
+    spec.update(changes)
+    return spec
+
+
+def every_manifest(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    pipeline = parse("users", "data", spec)
+    return [
+        manifests.config_map(pipeline),
+        manifests.fetcher_deployment(pipeline),
+        manifests.writer_deployment(pipeline, 3),
+        manifests.migration_job(pipeline),
+    ]
+
+
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+@pytest.mark.parametrize("spec", [minimal(), EXAMPLE["spec"]], ids=["minimal", "example"])
+def test_every_manifest_is_valid_kubernetes(spec: dict[str, Any], version: str) -> None:
+    for manifest in every_manifest(spec):
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+def test_the_crd_is_valid_kubernetes(version: str) -> None:
+    kubernetes_validate.validate(crd.definition(), version, strict=True)
+
+
+def test_the_chart_carries_the_crd_the_code_defines() -> None:
+    # Regenerate with: sluiceway operator crd > charts/sluiceway/crds/pipelines.sluiceway.io.yaml
+    shipped = ROOT / "charts" / "sluiceway" / "crds" / "pipelines.sluiceway.io.yaml"
+    assert yaml.safe_load(shipped.read_text()) == crd.definition()
+
+
+def schema() -> dict[str, Any]:
+    return crd.definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_the_example_pipeline_matches_the_crd_schema() -> None:
+    jsonschema.validate(EXAMPLE, schema())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {k: v for k, v in minimal().items() if k != "connectionsSecret"},
+        minimal(source={"url": "https://api.example.com/items"}),  # no {key}
+        minimal(source={"url": "https://x/{key}", "rateLimit": 0}),
+        minimal(writer={"maxReplicas": 0}),
+        minimal(writer={"batchSize": "500"}),
+        minimal(pipeline="Users_1"),
+    ],
+    ids=["no-secret", "no-key", "zero-rate", "no-writers", "string-batch", "bad-name"],
+)
+def test_the_schema_refuses_bad_pipelines(spec: dict[str, Any]) -> None:
+    doc = {"apiVersion": "sluiceway.io/v1alpha1", "kind": "Pipeline",
+           "metadata": {"name": "p"}, "spec": spec}  # fmt: skip
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema())
+
+
+def test_defaults_come_from_the_definition() -> None:
+    pipeline = parse("users", "data", minimal())
+    assert pipeline.pipeline == "users"
+    assert pipeline.rate_limit == 10
+    assert pipeline.fetcher.image.ref == "registry.example/sluiceway-fetcher:1.0"
+    assert pipeline.writer.image.ref == "registry.example/sluiceway-writer:1.0"
+    assert (pipeline.writer.batch_size, pipeline.writer.min_replicas,
+            pipeline.writer.max_replicas, pipeline.writer.target_queue_depth,
+            pipeline.writer.stabilization, pipeline.poll_interval) == (
+        500, 1, 10, 5000, 120, 10)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "message"),
+    [
+        ("users", minimal(writer={"minReplicas": 5, "maxReplicas": 2}), "exceeds"),
+        ("users.v2", minimal(), "must be 1 to 63"),
+        ("users", minimal(source={"url": "https://x/items"}), "{key}"),
+        ("users", {"image": {"repository": "r", "tag": "t"}}, "missing"),
+    ],
+)
+def test_what_the_schema_cannot_check_is_refused_with_the_reason(
+    name: str, spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=message.replace("{", r"\{").replace("}", r"\}")):
+        parse(name, "data", spec)
+
+
+def test_the_writers_get_a_grace_period_longer_than_their_flush() -> None:
+    pipeline = parse("users", "data", minimal(writer={"batchTimeoutSeconds": 45}))
+    pod = manifests.writer_deployment(pipeline, 2)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > 45 + manifests.FLUSH_MARGIN_SECONDS - 1
+    assert manifests.writer_deployment(pipeline, 0, image="old:1")["spec"]["template"]["spec"][
+        "containers"][0]["image"] == "old:1"  # fmt: skip
+
+
+def test_pods_run_unprivileged_and_read_secrets_only_by_reference() -> None:
+    for manifest in every_manifest(minimal(source={"url": "https://x/{key}",
+                                                   "headersSecret": "token"})):  # fmt: skip
+        if manifest["kind"] == "ConfigMap":
+            assert set(manifest["data"]) == {"SLUICEWAY_RATE_LIMIT"}
+            continue
+        pod = manifest["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+            for var in container["env"]:
+                if var["name"].endswith(("_URL", "HEADERS")) and var["name"] != (
+                        "SLUICEWAY_SOURCE_URL"):  # fmt: skip
+                    assert "secretKeyRef" in var["valueFrom"], var
+
+
+def test_a_new_writer_image_gets_its_own_migration_job_and_long_names_are_cut() -> None:
+    one = parse("users", "data", minimal())
+    two = parse("users", "data", minimal(image={"repository": "registry.example/sluiceway",
+                                                 "tag": "2.0"}))  # fmt: skip
+    assert manifests.migration_name(one) != manifests.migration_name(two)
+    long = parse("a" * 63, "data", minimal())
+    for name in (manifests.migration_name(long), manifests.writer_name(long),
+                 manifests.fetcher_name(long)):  # fmt: skip
+        assert len(name) <= 63
+        assert name.endswith(("-writer", "-fetcher")) or "-migrate-" in name
+
+
+def test_job_state_reads_the_jobs_conditions() -> None:
+    assert job_state(None) == ("Absent", "")
+    assert job_state({"status": {"active": 1}}) == ("Running", "")
+    assert job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == (
+        "Succeeded", "")  # fmt: skip
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+              "message": "Job has reached the specified backoff limit"}  # fmt: skip
+    assert job_state({"status": {"conditions": [failed]}}) == (
+        "Failed", "BackoffLimitExceeded: Job has reached the specified backoff limit")  # fmt: skip
+
+
+def test_a_failed_migration_is_retried_with_a_growing_capped_backoff() -> None:
+    delays = [migration_retry_delay(n) for n in range(1, 10)]
+    assert delays[:3] == [30, 60, 120]
+    assert delays == sorted(delays)
+    assert delays[-1] == 600
+
+
+@pytest.mark.parametrize(
+    ("path", "option"),
+    [
+        (("source", "rateLimit"), "sluiceway_common.settings:RATE_LIMIT"),
+        (("fetcher", "concurrency"), "sluiceway_fetcher.config:CONCURRENCY"),
+        (("fetcher", "maxAttempts"), "sluiceway_fetcher.config:MAX_ATTEMPTS"),
+        (("fetcher", "requestTimeoutSeconds"), "sluiceway_fetcher.config:REQUEST_TIMEOUT"),
+        (("writer", "batchSize"), "sluiceway_common.settings:BATCH_SIZE"),
+        (("writer", "batchTimeoutSeconds"), "sluiceway_common.settings:BATCH_TIMEOUT"),
+    ],
+)
+def test_the_crd_allows_what_the_services_allow(path: tuple[str, str], option: str) -> None:
+    # A Pipeline the API server accepts must never give a pod a setting it refuses.
+    import importlib
+
+    module, name = option.split(":")
+    parse = getattr(importlib.import_module(module), name).parse
+    field = crd.SPEC["properties"][path[0]]["properties"][path[1]]
+    low, high = field["minimum"], field["maximum"]
+    parse(str(low)), parse(str(high)), parse(str(field["default"]))
+    step = 1 if field["type"] == "integer" else high * 1e-6
+    for outside in (low - (1 if field["type"] == "integer" else low / 2), high + step):
+        with pytest.raises(ValueError):
+            parse(str(outside))
