@@ -150,5 +150,9 @@ def test_make_run_demo_checks_the_table(processes: Processes, tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verified: every row matches" in result.stdout
+    # The live view of `sluiceway status --watch`, printed plainly since stdout is a pipe.
+    assert "keys done" in result.stdout
+    assert "ETA to drain" in result.stdout
+    assert "\x1b" not in result.stdout
     missing = sum(is_missing(key, 0.01) for key in demo_keys(400))
     assert f"landed {400 - missing:,} rows, {missing:,} keys failed" in result.stdout

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aio_pika.exceptions
+import aiohttp
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from sluiceway_common import codec, topology
 from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.main import serve as serve_fetcher
+from sluiceway_writer.config import WriterSettings
+from sluiceway_writer.main import serve as serve_writer
 
 
 async def eventually(
@@ -179,6 +184,7 @@ async def running_fetcher(
     max_body_bytes: int = 1 << 20,
     source_headers: dict[str, str] | None = None,
     max_attempts: int = 1,
+    metrics_port: int = 0,
 ) -> AsyncIterator[asyncio.Task[int]]:
     """A fetcher served in-process until the block ends; it must then stop with status 0.
 
@@ -199,12 +205,97 @@ async def running_fetcher(
         pack_max_records=100,
         pack_max_bytes=1 << 20,
         compress_min_bytes=1024,
+        metrics_port=metrics_port,
         log_level="INFO",
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve_fetcher(config, stop))
+    async with _serving(serve_fetcher(config, stop := asyncio.Event()), stop) as task:
+        yield task
+
+
+@asynccontextmanager
+async def running_writer(
+    database_url: str,
+    amqp_url: str,
+    pipeline: str,
+    *,
+    batch_size: int,
+    batch_timeout: float,
+    batch_max_bytes: int = 16 << 20,
+    write_mode: str = "direct",
+    metrics_port: int = 0,
+) -> AsyncIterator[asyncio.Task[int]]:
+    """A writer served in-process until the block ends; it must then stop with status 0."""
+    config = WriterSettings(
+        database_url, amqp_url, pipeline, batch_size, batch_timeout, batch_max_bytes,
+        write_mode, merge_interval=0.1, metrics_port=metrics_port, log_level="INFO",
+    )  # fmt: skip
+    async with _serving(serve_writer(config, stop := asyncio.Event()), stop) as task:
+        yield task
+
+
+@asynccontextmanager
+async def _serving(
+    serving: Coroutine[object, object, int], stop: asyncio.Event
+) -> AsyncIterator[asyncio.Task[int]]:
+    """Run a service's ``serve`` until the block ends, then stop it; it must return 0."""
+    task = asyncio.create_task(serving)
     try:
         yield task
     finally:
         stop.set()
         assert await asyncio.wait_for(task, timeout=30) == 0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server a test starts next)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Scrape:
+    """One scrape of a ``/metrics`` page: each sample's value by its name and labels."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                self.samples[sample.name, frozenset(sample.labels.items())] = sample.value
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample's value; 0 while the series does not exist yet."""
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def names(self) -> set[str]:
+        return {name for name, _ in self.samples}
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` from a server on a loopback ``port``: its status and body; status 0 and
+    the reason when nothing answers (yet)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(f"http://127.0.0.1:{port}{path}") as response,
+        ):
+            return response.status, await response.text()
+    except aiohttp.ClientConnectionError as exc:
+        return 0, str(exc)
+
+
+async def until_ready(*ports: int) -> None:
+    """Wait until the components serving on ``ports`` answer ``/readyz`` with 200."""
+    for port in ports:
+
+        async def ready(port: int = port) -> bool:
+            return (await get(port, "/readyz"))[0] == 200
+
+        await eventually(ready, what=f"/readyz 200 on port {port}")
+
+
+async def scrape(port: int) -> Scrape:
+    status, text = await get(port, "/metrics")
+    assert status == 200, text
+    return Scrape(text)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -14,7 +16,7 @@ from aio_pika.abc import AbstractConnection
 
 from sluiceway_common import codec, redis_keys, topology
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, drain
+from tests.integration.helpers import depth, drain, publish, record, running_writer
 
 pytestmark = pytest.mark.integration
 
@@ -120,6 +122,8 @@ async def test_status_json_counts_queues_rows_and_failed(
     assert status["failed"] == 2
     assert status["buffered"] == 0
     assert status["retrying"] == 0
+    assert (status["dead"], status["writers"], status["fetchers"]) == (0, 0, 0)
+    assert status["depth_source"].startswith("passive declare")
     text = sluiceway(services, database_url, pipeline, "status")
     assert "keys failed   2" in text.stdout
 
@@ -164,3 +168,72 @@ async def test_failed_list_retry_clear(
     cleared = sluiceway(services, database_url, pipeline, "failed", "clear")
     assert "cleared 1,200" in cleared.stdout
     assert await redis_client.exists(redis_keys.failed_set(pipeline)) == 0
+
+
+async def _watch(
+    services: ServiceUrls, database_url: str, pipeline: str, *args: str
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sluiceway_common", "status", "--watch", "--interval", "0.2", *args,
+        stdout=asyncio.subprocess.PIPE,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "SLUICEWAY_DATABASE_URL": database_url,
+            "SLUICEWAY_AMQP_URL": services.amqp,
+            "SLUICEWAY_REDIS_URL": services.redis,
+            "SLUICEWAY_PIPELINE": pipeline,
+        },
+    )  # fmt: skip
+
+
+async def test_status_watch_json_follows_a_real_pipeline(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+) -> None:
+    queues = topology.Queues(pipeline)
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    await publish(
+        amqp_connection, pipeline, queues.records,
+        [record(f"k{i}", b"{}", at) for i in range(50)] + [b"garbage"],
+    )  # fmt: skip
+    watching = await _watch(services, database_url, pipeline, "--json")
+    assert watching.stdout is not None
+    try:
+        first = json.loads(await asyncio.wait_for(watching.stdout.readline(), 30))
+        assert first["depth_source"].startswith("passive declare")
+        assert (first["writers"], first["dead"], first["rows"]) == (0, 0, 0)
+        assert {q["name"]: q["ready"] for q in first["queues"]}[queues.records] == 51
+        assert "rates" not in first
+        async with running_writer(
+            database_url, services.amqp, pipeline, batch_size=10, batch_timeout=0.1
+        ):
+            while True:
+                doc = json.loads(await asyncio.wait_for(watching.stdout.readline(), 30))
+                if doc["rows"] == 50 and doc["dead"] == 1 and doc["writers"] == 1:
+                    break
+        assert doc["rates"]["write"] > 0
+        assert doc["rates"]["records_drain"] > 0
+        assert doc["eta_seconds"] == 0  # nothing left to drain
+        assert doc["at"] > first["at"]
+    finally:
+        watching.terminate()
+        await watching.wait()
+
+
+async def test_status_watch_prints_plain_views_when_not_on_a_terminal(
+    services: ServiceUrls, database_url: str, pipeline: str
+) -> None:
+    watching = await _watch(services, database_url, pipeline)
+    assert watching.stdout is not None
+    try:
+        text = ""
+        while text.count(f"pipeline {pipeline}") < 2:
+            text += (await asyncio.wait_for(watching.stdout.readline(), 30)).decode()
+    finally:
+        watching.terminate()
+        await watching.wait()
+    assert "\x1b" not in text
+    assert "ETA to drain" in text
+    assert "(depths: passive declare" in text

@@ -7,9 +7,9 @@ import contextlib
 import gzip
 import json
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -20,34 +20,26 @@ from sluiceway_common import topology
 from sluiceway_writer.config import WriterSettings
 from sluiceway_writer.main import serve
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import TcpProxy, consumers, depth, drain, eventually, publish, record
+from tests.integration.helpers import (
+    TcpProxy,
+    consumers,
+    depth,
+    drain,
+    eventually,
+    publish,
+    record,
+    running_writer,
+)
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-@asynccontextmanager
-async def writer(
-    services: ServiceUrls,
-    database_url: str,
-    pipeline: str,
-    *,
-    batch_size: int,
-    batch_timeout: float,
-    batch_max_bytes: int = 16 << 20,
-    write_mode: str = "direct",
-) -> AsyncIterator[asyncio.Task[int]]:
-    config = WriterSettings(
-        database_url, services.amqp, pipeline, batch_size, batch_timeout, batch_max_bytes,
-        write_mode, merge_interval=0.1, log_level="INFO",
-    )  # fmt: skip
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, stop))
-    try:
-        yield task
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, timeout=30) == 0
+def writer(
+    services: ServiceUrls, database_url: str, pipeline: str, **options: Any
+) -> AbstractAsyncContextManager[asyncio.Task[int]]:
+    """:func:`running_writer` on this test's services (``options``: its keyword arguments)."""
+    return running_writer(database_url, services.amqp, pipeline, **options)
 
 
 async def rows(db: asyncpg.Connection, pipeline: str) -> dict[str, tuple[object, datetime]]:
@@ -390,7 +382,8 @@ async def test_sigterm_during_an_outage_stops_promptly_and_returns_the_batch(
     proxy = await TcpProxy(database_url).start()
     config = WriterSettings(database_url=proxy.url, amqp_url=services.amqp, pipeline=pipeline,
                             batch_size=5, batch_timeout=0.1, batch_max_bytes=1 << 20,
-                            write_mode="direct", merge_interval=0.5, log_level="INFO")  # fmt: skip
+                            write_mode="direct", merge_interval=0.5, metrics_port=0,
+                            log_level="INFO")  # fmt: skip
     stop = asyncio.Event()
     try:
         task = asyncio.create_task(serve(config, stop))

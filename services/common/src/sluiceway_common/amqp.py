@@ -29,6 +29,13 @@ async def connect_plain(url: str, role: str) -> AbstractConnection:
     )
 
 
+async def check_connected(connection: AbstractConnection) -> None:
+    """A readiness check: raise unless ``connection`` is open (a robust connection that is
+    reconnecting is not)."""
+    if connection.is_closed or not connection.connected.is_set():
+        raise ConnectionError("not connected to RabbitMQ")
+
+
 async def publishing_channel(connection: AbstractConnection) -> AbstractChannel:
     """A channel whose publishes wait for the broker's confirm, and fail when the broker
     returns a message it could not route (its queue deleted, say) instead of letting it be

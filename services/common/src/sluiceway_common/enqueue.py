@@ -77,7 +77,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     values = settings.resolve(args, OPTIONS)
-    logs.setup(values["log_level"])
+    logs.setup(values["log_level"], secrets=settings.secret_values(OPTIONS, values))
     started = time.monotonic()
     show = Progress("enqueued", "keys")
     try:

@@ -1,12 +1,44 @@
-"""Logging set-up: JSON lines when stderr is not a terminal (containers), plain lines when it is."""
+"""Logging set-up: JSON lines when stderr is not a terminal (containers), plain lines when it is.
+
+Every line, in either form, goes through :func:`redact` on its way out: the password of any
+URL in it becomes ``***``, and so does every secret value the process registered with
+:func:`keep_secret` (``setup`` registers those of the component's settings: the URLs'
+passwords and ``SLUICEWAY_SOURCE_HEADERS``' values). Code should not log secrets in the first
+place; this is the net under it, for the text of a library's exception, say.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import orjson
+
+# scheme://user:password@ -- the password runs to the last '@' before the host.
+URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*:)[^\s/]*@")
+# A shorter value would blot out ordinary words and numbers in every line, and is no secret
+# worth the name; it is not replaced.
+MIN_SECRET_LENGTH = 4
+
+_secrets: set[str] = set()
+
+
+def keep_secret(*values: str) -> None:
+    """Never let ``values`` reach a log line (or anything else passed through :func:`redact`)."""
+    _secrets.update(value for value in values if len(value) >= MIN_SECRET_LENGTH)
+
+
+def redact(text: str) -> str:
+    """``text`` with URL passwords and the registered secret values replaced by ``***``."""
+    text = URL_PASSWORD.sub(r"\g<head>***@", text)
+    # Longest first, so that a secret holding another is replaced whole.
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -15,28 +47,41 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(doc, default=str).decode()
 
 
-def setup(level: str, *, json_lines: bool | None = None) -> None:
-    """Send sluiceway's logs to stderr at ``level``; the libraries underneath log at WARNING."""
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+# Every package of sluiceway's logs at the level asked for; the libraries underneath at
+# WARNING (or the level asked for, when that is higher).
+PACKAGES = (
+    "sluiceway_common", "sluiceway_fetcher", "sluiceway_writer", "sluiceway_sample_api",
+    "sluiceway_operator",
+)  # fmt: skip
+
+
+def setup(level: str, *, json_lines: bool | None = None, secrets: Iterable[str] = ()) -> None:
+    """Send sluiceway's logs to stderr at ``level``; the libraries underneath log at WARNING,
+    or at ``level`` when it is higher. ``secrets`` are kept out of every line."""
+    keep_secret(*secrets)
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-    )
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("sluiceway_common").setLevel(level)
-    for name in ("sluiceway_fetcher", "sluiceway_writer", "sluiceway_sample_api"):
+    root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level]))
+    for name in PACKAGES:
         logging.getLogger(name).setLevel(level)
     # aiormq logs each failed connection attempt as an error of its own; sluiceway says it
     # once (at start-up) and aio-pika's robust connection warns of each reconnect.

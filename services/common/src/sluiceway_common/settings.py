@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 
 class ConfigError(Exception):
@@ -96,6 +96,31 @@ def hide(secret: str) -> str:
     except ValueError:
         return "<hidden>"
     return mask(secret) if parts.scheme and parts.netloc else "<hidden>"
+
+
+def secret_values(options: tuple[Option, ...], values: Mapping[str, Any]) -> list[str]:
+    """What of ``values`` (as :func:`resolve` returns them) must never be shown: the password
+    of each secret URL (as written and decoded), the values of a secret mapping (headers),
+    and any other secret text whole."""
+    found: list[str] = []
+    for option in options:
+        if not option.secret or option.dest not in values:
+            continue
+        value = values[option.dest]
+        if isinstance(value, Mapping):
+            found.extend(str(v) for v in value.values())
+            continue
+        text = str(value)
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            parts = None
+        if parts is None or not (parts.scheme and parts.netloc):
+            found.append(text)
+        elif parts.password:
+            raw = parts.netloc.rpartition("@")[0].partition(":")[2]
+            found.extend({raw, unquote(raw)})
+    return found
 
 
 def mask(url: str) -> str:
@@ -199,6 +224,13 @@ PIPELINE = Option(
     "1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
     "pipeline name; namespaces queues, Redis keys and rows",
     default="default",
+)
+METRICS_PORT = Option(
+    "SLUICEWAY_METRICS_PORT",
+    integer(0, 65535),
+    "a TCP port, an integer from 0 (off) to 65535",
+    "serve /metrics, /healthz and /readyz on this port, on every interface; 0 serves nothing",
+    default="0",
 )
 LOG_LEVEL = Option(
     "SLUICEWAY_LOG_LEVEL",

@@ -1,7 +1,10 @@
-"""``sluiceway status``: queue depths, rows landed and keys failed for one pipeline.
+"""``sluiceway status``: queue depths, rows landed and keys failed for one pipeline; with
+``--watch``, the live view of :mod:`sluiceway_common.watch`.
 
 Queue depths come from a passive declare, which counts the messages ready for delivery but
 not those a consumer holds unacknowledged; a queue that does not exist yet reads as absent.
+(RabbitMQ's management API would also give the unacknowledged ones; sluiceway does not need
+the management plugin, and ``depth_source`` in the JSON says which it read.)
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
@@ -19,9 +24,14 @@ import orjson
 import redis.asyncio as aioredis
 
 from sluiceway_common import amqp, redis_keys, settings, topology
+from sluiceway_common import watch as view
 from sluiceway_common.cli import Command
 
 OPTIONS = (settings.DATABASE_URL, settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE)
+READ_ERRORS = (
+    aio_pika.exceptions.AMQPError, asyncpg.PostgresError, asyncpg.InterfaceError,
+    aioredis.RedisError, OSError, TimeoutError,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -134,19 +144,64 @@ def render(status: Status) -> str:
     return "\n".join(lines)
 
 
+async def watch(values: dict[str, Any], interval: float, as_json: bool) -> None:
+    """Read the status every ``interval`` seconds until interrupted; draw the view (or write
+    one JSON document a line). A reading that fails is said in one line, and tried again."""
+    screen = view.Screen(sys.stdout)
+    history = view.History()
+    pipeline = values.pop("pipeline")
+    async with StatusReader(**values) as reader:
+        while True:
+            try:
+                status = await reader.read(pipeline)
+            except READ_ERRORS as exc:
+                print(f"cannot read the status: {type(exc).__name__}: {exc}", file=sys.stderr)
+            else:
+                trend = history.add(time.monotonic(), status)
+                if as_json:
+                    doc = view.document(status, trend, time.time())
+                    sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+                    sys.stdout.flush()
+                else:
+                    screen.draw(view.render(status, trend, clock=view.clock_text()))
+            await asyncio.sleep(interval)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (with --watch, one a line, with rates and ETA)",
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="read again every --interval seconds: queue drains, write rate, ETA, until Ctrl-C",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=2.0, metavar="SECONDS",
+        help="seconds between readings with --watch (default 2)",
+    )  # fmt: skip
     settings.add_options(parser, OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
     values = settings.resolve(args, OPTIONS)
+    if not 0.1 <= args.interval <= 3600:
+        raise settings.ConfigError(
+            f"--interval={args.interval!r} is not allowed: expected seconds from 0.1 to 3600"
+        )
+    if args.watch:
+        asyncio.run(watch(values, args.interval, args.json))
+        return 0
     status = asyncio.run(collect(**values))
     if args.json:
-        sys.stdout.write(orjson.dumps(asdict(status)).decode() + "\n")
+        sys.stdout.write(orjson.dumps(view.document(status)).decode() + "\n")
     else:
         print(render(status))
     return 0
 
 
-COMMAND = Command("status", "show queue depths, rows landed and keys failed", configure, run)
+COMMAND = Command(
+    "status", "show queue depths, rows landed and keys failed (--watch: live)", configure, run
+)

@@ -134,6 +134,7 @@ OPTIONS = (
     PACK_MAX_RECORDS,
     PACK_MAX_BYTES,
     COMPRESS_MIN_BYTES,
+    settings.METRICS_PORT,
     settings.LOG_LEVEL,
 )
 
@@ -154,6 +155,7 @@ class FetcherSettings:
     pack_max_records: int
     pack_max_bytes: int
     compress_min_bytes: int
+    metrics_port: int
     log_level: str
 
     def pack_policy(self) -> PackPolicy:

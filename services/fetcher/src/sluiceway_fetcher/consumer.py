@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from collections import Counter
 from datetime import UTC, datetime
 
 import aio_pika.exceptions
@@ -26,8 +28,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from sluiceway_common import codec, redis_keys, topology
+from sluiceway_common import codec, logs, redis_keys, topology
 from sluiceway_fetcher.limiter import LimiterClosed, SharedLimiter
+from sluiceway_fetcher.metrics import Timings
 from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.ratelimit import MAX_PAUSE, pause_seconds
 from sluiceway_fetcher.retry import delay, retryable
@@ -51,7 +54,8 @@ def attempt_of(message: AbstractIncomingMessage) -> int:
 
 
 class Fetcher:
-    """Handles fetch tasks of one pipeline; counts what it did for the exit summary."""
+    """Handles fetch tasks of one pipeline; counts what it did for the exit summary and the
+    metrics (``metrics.py``), and times each fetch and rate-limit wait in ``timings``."""
 
     def __init__(
         self,
@@ -63,6 +67,7 @@ class Fetcher:
         packer: Packer,
         source_url: str,
         max_attempts: int,
+        timings: Timings,
         rng: random.Random | None = None,
     ) -> None:
         self._channel = channel  # publishes with confirms: retries go out on it
@@ -76,8 +81,12 @@ class Fetcher:
         self._limiter = limiter
         self._source_url = source_url
         self.inflight: set[asyncio.Task[object]] = set()
+        self._timings = timings
         self.fetched = 0
         self.failed = 0
+        self.dropped = 0
+        # (outcome, HTTP status or "none") -> how many fetches ended so
+        self.outcomes: Counter[tuple[str, str]] = Counter()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -97,13 +106,19 @@ class Fetcher:
         except codec.BadMessage as exc:
             log.warning("dropping fetch task %r: %s", message.body[:80], exc)
             await message.reject(requeue=False)
+            self.dropped += 1
             return
+        asked = time.monotonic()
         try:
             await self._limiter.acquire()
         except LimiterClosed:
             await message.nack(requeue=True)
             return
+        started = time.monotonic()
+        self._timings.rate_wait.observe(started - asked)
         outcome = await fetch(self._http, self._source_url, key)
+        self._timings.fetch.observe(time.monotonic() - started)
+        self.outcomes[outcome.outcome, str(outcome.status or "none")] += 1
         if isinstance(outcome, Fetched):
             # Returns once the broker confirmed the message this record went out in.
             await self._packer.publish(codec.encode_record(key, outcome.body, datetime.now(UTC)))
@@ -180,7 +195,8 @@ class Fetcher:
 
     async def _record_failure(self, key: str, outcome: Failed, attempts: int) -> None:
         info = {
-            "reason": outcome.reason,
+            # An upstream may quote a request's token back in its answer.
+            "reason": logs.redact(outcome.reason),
             "status": outcome.status,
             "attempts": attempts,
             "at": datetime.now(UTC).isoformat(),

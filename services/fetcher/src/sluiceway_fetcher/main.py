@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 from sluiceway_common import amqp, logs, settings, topology
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach, run_until_signalled
+from sluiceway_common.observe import Observer
+from sluiceway_fetcher import metrics
 from sluiceway_fetcher.config import OPTIONS, FetcherSettings
 from sluiceway_fetcher.consumer import Fetcher
 from sluiceway_fetcher.limiter import SharedLimiter
@@ -22,6 +24,12 @@ log = logging.getLogger(__name__)
 
 
 async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
+    """Fetch until ``stop`` is set; serve metrics and probes meanwhile (when a port is set)."""
+    async with Observer(config.metrics_port) as observer:
+        return await _serve(config, stop, observer)
+
+
+async def _serve(config: FetcherSettings, stop: asyncio.Event, observer: Observer) -> int:
     queues = topology.Queues(config.pipeline)
     connection = await reach("RabbitMQ", config.amqp_url, amqp.connect(config.amqp_url, "fetcher"))
     try:
@@ -41,14 +49,17 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
                 packer = Packer(channel, queues.records, config.pack_policy())
                 fetcher = Fetcher(
                     channel, queues, http, redis_client, limiter, packer, config.source_url,
-                    config.max_attempts,
+                    config.max_attempts, metrics.Timings.create(observer.registry, queues.pipeline),
                 )  # fmt: skip
+                metrics.export(observer.registry, queues.pipeline, fetcher, limiter, packer)
+                observer.add_check("rabbitmq", lambda: amqp.check_connected(connection))
+                observer.add_check("redis", redis_client.ping)
                 override = await limiter.override()
                 tag = await fetch_queue.consume(fetcher.on_message)
                 log.info(
                     "fetching %s from %s at %g requests/s for the whole pipeline%s",
                     queues.fetch,
-                    config.source_url,
+                    settings.mask(config.source_url),
                     config.rate_limit if override is None else override,
                     "" if override is None else " (set with `sluiceway rate set`)",
                 )
@@ -66,10 +77,15 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
             await redis_client.aclose()
     finally:
         await connection.close()
+    outcomes = ", ".join(
+        f"{outcome} {status}: {n}" if status != "none" else f"{outcome}: {n}"
+        for (outcome, status), n in sorted(fetcher.outcomes.items())
+    )
     log.info(
         "fetcher stopped: %d keys fetched, %d failed, %d retries queued; %d record messages; "
-        "%d rate-limit slots given up for a late wake-up",
+        "%d rate-limit slots given up for a late wake-up; fetches by outcome: %s",
         fetcher.fetched, fetcher.failed, fetcher.retried, packer.messages, limiter.late,
+        outcomes or "none",
     )  # fmt: skip
     return 0
 
@@ -80,7 +96,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = FetcherSettings.from_args(args)
-    logs.setup(config.log_level)
+    logs.setup(config.log_level, secrets=settings.secret_values(OPTIONS, vars(config)))
     return run_until_signalled(lambda stop: serve(config, stop))
 
 

@@ -26,6 +26,8 @@ def key_url(template: str, key: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Fetched:
     body: bytes  # JSON, checked
+    status: int = 200
+    outcome: str = "ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,9 @@ class Failed:
     status: int | None = None
     # A 429 or 503 with a Retry-After: the seconds the upstream asked every request to wait.
     retry_after: float | None = None
+    # What went wrong, from a short fixed list (a metric's label): http_error (a status that
+    # is not 2xx), bad_body (not JSON), too_large, timeout, connection_error.
+    outcome: str = "http_error"
 
 
 Outcome = Fetched | Failed
@@ -86,8 +91,8 @@ def classify(response: httpx.Response, now: datetime | None = None) -> Outcome:
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        return Failed(f"body is not JSON: {exc}", response.status_code)
-    return Fetched(body)
+        return Failed(f"body is not JSON: {exc}", response.status_code, outcome="bad_body")
+    return Fetched(body, response.status_code)
 
 
 async def fetch(client: httpx.AsyncClient, template: str, key: str) -> Outcome:
@@ -96,9 +101,9 @@ async def fetch(client: httpx.AsyncClient, template: str, key: str) -> Outcome:
     try:
         response = await client.get(key_url(template, key))
     except BodyTooLarge as exc:
-        return Failed(str(exc), exc.status)
+        return Failed(str(exc), exc.status, outcome="too_large")
     except httpx.TimeoutException:
-        return Failed("timeout")
+        return Failed("timeout", outcome="timeout")
     except httpx.TransportError as exc:
-        return Failed(f"connection error: {type(exc).__name__}: {exc}")
+        return Failed(f"connection error: {type(exc).__name__}: {exc}", outcome="connection_error")
     return classify(response)

@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -26,9 +25,10 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from sluiceway_common import amqp, redis_keys, settings, topology
+from sluiceway_common import watch as view
 from sluiceway_common.cli import Command
 from sluiceway_common.settings import Option
-from sluiceway_common.status import Status, StatusReader
+from sluiceway_common.status import StatusReader
 from sluiceway_sample_api.data import is_missing, user
 from sluiceway_sample_api.main import NOT_FOUND_RATE
 
@@ -63,9 +63,6 @@ OPTIONS = (
         default=".run/logs",
     ),
 )
-# The progress line's rows/s is taken over this many seconds, so that batches landing in
-# steps do not make it jump.
-RATE_WINDOW = 5.0
 STOP_TIMEOUT = 30.0
 
 
@@ -191,11 +188,12 @@ class Demo:
             raise DemoFailed(f"{child.name} exited with status {code}:\n{child.tail()}")
 
     async def watch(self, keys: int, enqueue: Child) -> None:
-        """Show progress until every key landed or failed; raise if the pipeline stalls."""
-        tty = sys.stdout.isatty()
+        """Show the live view of ``sluiceway status --watch`` until every key landed or
+        failed (redrawn on a terminal, else printed every 5 s); raise if the pipeline stalls."""
+        screen = view.Screen(sys.stdout)
+        history = view.History()
         started = last_change = last_print = time.monotonic()
         last_seen: tuple[int, ...] = ()
-        history: deque[tuple[float, int]] = deque()
         async with StatusReader(
             self.config.database_url, self.config.amqp_url, self.config.redis_url
         ) as reader:
@@ -204,11 +202,8 @@ class Demo:
                 self.check_children(enqueue)
                 status = await reader.read(self.config.pipeline)
                 now = time.monotonic()
+                trend = history.add(now, status)
                 rows = status.rows or 0
-                history.append((now, rows))
-                while now - history[0][0] > RATE_WINDOW:
-                    history.popleft()
-                rate = (rows - history[0][1]) / max(now - history[0][0], 1e-9)
                 fetch, records = status.depth(self.queues.fetch), status.depth(self.queues.records)
                 seen = (rows, status.failed, fetch, records)
                 if seen != last_seen:
@@ -217,11 +212,9 @@ class Demo:
                     enqueue.process.returncode == 0 and rows + status.failed >= keys
                     and fetch == 0 and records == 0
                 )  # fmt: skip
-                line = self.progress(status, keys, now - started, rate)
-                if tty:
-                    print("\r" + line, end="\n" if finished else "", flush=True)
-                elif finished or now - last_print >= 5:
-                    print(line, flush=True)
+                if screen.tty or finished or now - last_print >= 5:
+                    clock = f"{now - started:.1f}s since the first key was enqueued"
+                    screen.draw(view.render(status, trend, clock=clock, expected=keys))
                     last_print = now
                 if finished:
                     return
@@ -230,15 +223,6 @@ class Demo:
                         f"nothing moved for {self.config.demo_stall_seconds:g}s; "
                         f"see the logs in {self.log_dir}"
                     )
-
-    def progress(self, status: Status, keys: int, elapsed: float, rate: float) -> str:
-        rows = status.rows or 0
-        return (
-            f"{elapsed:6.1f}s  keys done {rows + status.failed:>9,}/{keys:,}  "
-            f"rows {rows:>9,}  failed {status.failed:>6,}  {rate:>7,.0f} rows/s  "
-            f"queues: fetch {status.depth(self.queues.fetch):>7,}  "
-            f"records {status.depth(self.queues.records):>7,}"
-        )
 
     async def stop_all(self) -> list[str]:
         """SIGTERM every child still running, newest first; return what did not stop cleanly."""

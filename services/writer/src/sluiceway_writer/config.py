@@ -49,6 +49,7 @@ OPTIONS = (
     BATCH_MAX_BYTES,
     WRITE_MODE,
     MERGE_INTERVAL,
+    settings.METRICS_PORT,
     settings.LOG_LEVEL,
 )
 
@@ -63,6 +64,7 @@ class WriterSettings:
     batch_max_bytes: int
     write_mode: str
     merge_interval: float
+    metrics_port: int
     log_level: str
 
     @classmethod

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from sluiceway_common import codec, topology
 from sluiceway_writer.batcher import Batcher
+from sluiceway_writer.metrics import Timings
 from sluiceway_writer.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class DatabaseUnavailable(Exception):
 
 
 class Writer:
+    """Consumes one pipeline's records; counts what it did for the exit summary and the
+    metrics (``metrics.py``), and times each batch in ``timings``."""
+
     def __init__(
         self,
         channel: AbstractChannel,
@@ -55,6 +60,7 @@ class Writer:
         sink: Sink,
         batcher: Batcher[Delivery],
         stop: asyncio.Event,
+        timings: Timings,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._channel = channel
@@ -67,9 +73,18 @@ class Writer:
         self._clock = clock
         self._wake = asyncio.Event()
         self._stop = stop
+        self._timings = timings
+        self.messages = 0  # consumed, redeliveries included
+        self.records = 0  # in those messages, undecodable ones counting one each
         self.written = 0
-        self.dead = 0
+        # cause (undecodable: not a record; refused: by PostgreSQL) -> records dead-lettered
+        self.dead_letters: Counter[str] = Counter(undecodable=0, refused=0)
+        self.write_retries = 0
         self.batches = 0
+
+    @property
+    def dead(self) -> int:
+        return self.dead_letters.total()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # Decoding here, not at the flush, overlaps it with the database writing the batch
@@ -80,6 +95,8 @@ class Writer:
             delivery, rows, size = Delivery(message, None, str(exc)), 1, len(message.body)
         else:
             delivery, rows, size = Delivery(message, decoded), len(decoded.records), decoded.size
+        self.messages += 1
+        self.records += max(rows, 1)
         full = self._batcher.add(delivery, self._clock(), max(rows, 1), size)
         if full or len(self._batcher) == 1:
             self._wake.set()
@@ -113,6 +130,7 @@ class Writer:
         origin: dict[int, AbstractIncomingMessage] = {}
         # (the message it came in, the body to dead-letter or None for the message's own, why)
         rejects: list[tuple[AbstractIncomingMessage, bytes | None, str]] = []
+        started = self._clock()
         for delivery in deliveries:
             if delivery.decoded is None:
                 rejects.append((delivery.message, None, delivery.error or "undecodable"))
@@ -122,7 +140,7 @@ class Writer:
             for record in delivery.decoded.records:
                 records.append(record)
                 origin[id(record)] = delivery.message
-        started = self._clock()
+        undecodable = len(rejects)
         refused = await self._write(records)
         for record, reason in refused:
             body = codec.encode_record(record.key, record.payload.encode(), record.fetched_at)
@@ -132,10 +150,14 @@ class Writer:
         await self._ack([d.message for d in deliveries])
         self.batches += 1
         self.written += len(records) - len(refused)
-        self.dead += len(rejects)
+        self.dead_letters["undecodable"] += undecodable
+        self.dead_letters["refused"] += len(refused)
+        took = self._clock() - started
+        self._timings.batch_rows.observe(len(records) + undecodable)
+        self._timings.flush.observe(took)
         log.debug(
             "flushed %d messages, %d rows (%d dead) in %.3fs",
-            len(deliveries), len(records), len(rejects), self._clock() - started,
+            len(deliveries), len(records), len(rejects), took,
         )  # fmt: skip
 
     async def _write(self, records: list[codec.Record]) -> list[tuple[codec.Record, str]]:
@@ -146,6 +168,7 @@ class Writer:
             except DATABASE_ERRORS as exc:
                 if self._stop.is_set():
                     raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                self.write_retries += 1
                 log.warning(
                     "database write failed, retrying in %.1fs: %s: %s",
                     delay, type(exc).__name__, exc,

@@ -13,10 +13,11 @@ import sqlalchemy.exc
 from sluiceway_common import amqp, logs, settings, topology
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach, run_until_signalled
-from sluiceway_writer import schema
+from sluiceway_common.observe import Observer
+from sluiceway_writer import metrics, schema
 from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.config import OPTIONS, WriterSettings
-from sluiceway_writer.consumer import DatabaseUnavailable, Writer
+from sluiceway_writer.consumer import DatabaseUnavailable, Delivery, Writer
 from sluiceway_writer.merger import Merger
 from sluiceway_writer.sink import Sink, prepare_connection
 
@@ -24,11 +25,19 @@ log = logging.getLogger(__name__)
 
 
 async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
+    """Write until ``stop`` is set; serve metrics and probes meanwhile (when a port is set)."""
+    async with Observer(config.metrics_port) as observer:
+        return await _serve(config, stop, observer)
+
+
+async def _serve(config: WriterSettings, stop: asyncio.Event, observer: Observer) -> int:
     queues = topology.Queues(config.pipeline)
+    # One connection writes batches and one merges (buffered mode); the third leaves the
+    # readiness check a connection while both are busy.
     pool = await reach(
         "PostgreSQL",
         config.database_url,
-        asyncpg.create_pool(config.database_url, min_size=1, max_size=2, init=prepare_connection),
+        asyncpg.create_pool(config.database_url, min_size=1, max_size=3, init=prepare_connection),
     )
     try:
         async with pool.acquire() as conn:
@@ -43,17 +52,24 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
             # still caps each batch.
             await channel.set_qos(prefetch_count=min(2 * config.batch_size, 65535))
             _, records_queue, _ = await topology.declare(channel, queues)
+            batcher: Batcher[Delivery] = Batcher(
+                config.batch_size, config.batch_timeout, config.batch_max_bytes
+            )
             writer = Writer(
                 channel,
                 queues,
                 Sink(pool, config.pipeline, config.write_mode),
-                Batcher(config.batch_size, config.batch_timeout, config.batch_max_bytes),
+                batcher,
                 stop,
+                metrics.Timings.create(observer.registry, queues.pipeline),
             )
             merger = merging = None
             if config.write_mode == "buffered":
                 merger = Merger(pool, config.pipeline, config.merge_interval)
                 merging = asyncio.create_task(merger.run(stop))
+            metrics.export(observer.registry, queues.pipeline, writer, batcher, merger)
+            observer.add_check("rabbitmq", lambda: amqp.check_connected(connection))
+            observer.add_check("postgresql", lambda: schema_current(pool, revision))
             tag = await records_queue.consume(writer.on_message)
             log.info(
                 "writing %s to PostgreSQL (schema %s, %s mode), batches of %d or %gs",
@@ -84,12 +100,22 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
     finally:
         await pool.close()
     log.info(
-        "writer stopped: %d rows written in %d batches, %d dead-lettered",
+        "writer stopped: %d rows written in %d batches, %d dead-lettered "
+        "(%d undecodable, %d refused by PostgreSQL); %d write retries",
         writer.written,
         writer.batches,
         writer.dead,
+        writer.dead_letters["undecodable"],
+        writer.dead_letters["refused"],
+        writer.write_retries,
     )
     return 0
+
+
+async def schema_current(pool: asyncpg.Pool, revision: str) -> None:
+    """A readiness check: the database answers and its schema is still at ``revision``."""
+    async with pool.acquire() as conn:
+        await schema.check(conn, revision)
 
 
 async def final_merge(merger: Merger) -> None:
@@ -107,7 +133,7 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
 
 def run_writer(args: argparse.Namespace) -> int:
     config = WriterSettings.from_args(args)
-    logs.setup(config.log_level)
+    logs.setup(config.log_level, secrets=settings.secret_values(OPTIONS, vars(config)))
     try:
         return run_until_signalled(lambda stop: serve(config, stop))
     except schema.SchemaError as exc:
@@ -124,7 +150,7 @@ def configure_migrate(parser: argparse.ArgumentParser) -> None:
 
 def run_migrate(args: argparse.Namespace) -> int:
     values = settings.resolve(args, MIGRATE_OPTIONS)
-    logs.setup(values["log_level"])
+    logs.setup(values["log_level"], secrets=settings.secret_values(MIGRATE_OPTIONS, values))
     logging.getLogger("alembic").setLevel(values["log_level"])
     try:
         schema.upgrade(values["database_url"])

@@ -56,9 +56,12 @@ async def current(conn: asyncpg.Connection) -> str | None:
     return revision
 
 
-async def check(conn: asyncpg.Connection) -> str:
-    """Return the head revision, or raise :class:`SchemaError` when the database is not at it."""
-    wanted = head()
+async def check(conn: asyncpg.Connection, wanted: str | None = None) -> str:
+    """Return the head revision, or raise :class:`SchemaError` when the database is not at it.
+
+    ``wanted`` is the head when the caller knows it already (reading it reads every migration
+    script from disk)."""
+    wanted = wanted or head()
     found = await current(conn)
     if found == wanted:
         return wanted
