@@ -24,11 +24,12 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from aio_pika.abc import AbstractConnection
+from prometheus_client import CollectorRegistry
 
 from sluiceway_common import redis_keys, topology
-from sluiceway_operator import crd
+from sluiceway_operator import crd, metrics
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import eventually, publish
+from tests.integration.helpers import eventually, free_port, get, publish, until_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -126,16 +127,20 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 
 @contextlib.asynccontextmanager
-async def running_operator() -> AsyncIterator[None]:
+async def running_operator() -> AsyncIterator[CollectorRegistry]:
+    """The operator's handlers under kopf, as ``sluiceway operator`` runs them; yields the
+    registry its metrics go to."""
     import sluiceway_operator.handlers  # noqa: F401 -- registers the handlers
 
+    registry = CollectorRegistry()
+    metrics.install(registry)
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True  # kmock serves no cluster-wide resource scanning
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(kopf.operator(
         standalone=True, namespaces=[NAMESPACE], settings=settings, stop_flag=stop))  # fmt: skip
     try:
-        yield
+        yield registry
     finally:
         stop.set_result(None)
         await asyncio.wait_for(task, timeout=30)
@@ -175,7 +180,7 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
             "pollIntervalSeconds": 1,
         },
     }  # fmt: skip
-    async with running_operator():
+    async with running_operator() as registry:
         await cluster.create(body)
 
         # Deployed, writers held at 0 while the migration Job runs.
@@ -222,6 +227,12 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
         assert status["depthSource"] == "management-api"
         assert status["writers"]["desired"] == 3
         assert status["lastScaleTime"]
+        labels = {"namespace": NAMESPACE, "pipeline": "users"}
+        assert registry.get_sample_value("sluiceway_writers_desired", labels) == 3
+        assert registry.get_sample_value("sluiceway_writers_current", labels) == 3
+        assert registry.get_sample_value("sluiceway_queue_depth_messages", labels) == 12
+        # 0 -> 1 after the migration, 1 -> 3 now.
+        assert registry.get_sample_value("sluiceway_scale_events_total", labels) == 2
 
         # Drained: back to the minimum, but only after the stabilization window.
         channel = await amqp_connection.channel()
@@ -409,3 +420,34 @@ async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_fr
         assert "guest:guest" not in str(lost["status"])
         await asyncio.sleep(2.5)  # more polls without a reading
         assert replicas(await cluster.get("Deployment", "orders-writer") or {}) == 2
+
+
+async def test_the_operator_command_serves_its_metrics_and_probes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # `sluiceway operator` as a process, against kmock through the kubeconfig the fixture
+    # wrote: ready once kopf watches Pipelines, with its metrics on /metrics.
+    import os
+    import sys
+
+    port = free_port()
+    env = {**os.environ, "SLUICEWAY_METRICS_PORT": str(port),
+           "SLUICEWAY_OPERATOR_NAMESPACES": NAMESPACE}  # fmt: skip
+    log = (tmp_path / "operator.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sluiceway_common", "operator", env=env, stdout=log, stderr=log
+    )
+    try:
+        await until_ready(port)
+        status, health = await get(port, "/healthz")
+        assert status == 200, health
+        page = await get(port, "/metrics")
+        assert "sluiceway_writers_desired" in page[1]
+        assert "sluiceway_scale_events_total" in page[1]
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        log.close()

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from sluiceway_common import redis_keys
-from sluiceway_operator import crd, manifests
+from sluiceway_operator import crd, manifests, metrics
 from sluiceway_operator.controller import Controller, Event
 from sluiceway_operator.kube import Kube, KubeError
 from sluiceway_operator.spec import InvalidSpec, parse
@@ -81,12 +81,17 @@ async def pipeline_loop(name: str, namespace: str | None, uid: str, body: kopf.B
                     {**dict(body.status), **written},
                     lambda child: kopf.adopt(child, owner=body))  # fmt: skip
                 await kube.patch("Pipeline", namespace, name, {"status": status}, sub="status")
+                if (recorder := metrics.installed()) is not None:
+                    recorder.record(namespace, name, {**dict(body.status), **written}, status)
                 written = status
-            except KubeError as exc:
-                logger.warning("reconcile: the API server refused: %s", exc)
-            except Exception:
-                # Keep the loop alive: one bad tick must not leave the writers unscaled.
-                logger.exception("reconcile failed; trying again at the next poll")
+            except Exception as exc:
+                if (recorder := metrics.installed()) is not None:
+                    recorder.reconcile_errors.labels(namespace, name).inc()
+                if isinstance(exc, KubeError):
+                    logger.warning("reconcile: the API server refused: %s", exc)
+                else:
+                    # Keep the loop alive: one bad tick must not leave the writers unscaled.
+                    logger.exception("reconcile failed; trying again at the next poll")
             interval = float(body.spec.get("pollIntervalSeconds") or 10)
             # Until the next poll, a change to the Pipeline, or the daemon being stopped.
             waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
@@ -109,6 +114,8 @@ async def deleted(name: str, namespace: str | None, spec: kopf.Spec, memo: Any,
                   logger: kopf.Logger, **_: Any) -> None:  # fmt: skip
     assert namespace is not None
     kube: Kube = memo["kube"]
+    if (recorder := metrics.installed()) is not None:
+        recorder.forget(namespace, name)
     try:
         pipeline = parse(name, namespace, dict(spec))
     except InvalidSpec:

@@ -13,6 +13,7 @@ import yaml
 from sluiceway_common import logs, settings
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import StartupError, run_until_signalled
+from sluiceway_common.observe import Observer
 from sluiceway_operator import crd
 
 NAMESPACES = settings.Option(
@@ -22,7 +23,7 @@ NAMESPACES = settings.Option(
     "namespaces whose Pipelines the operator serves (empty: every namespace)",
     default="",
 )
-OPTIONS = (NAMESPACES, settings.LOG_LEVEL)
+OPTIONS = (NAMESPACES, settings.METRICS_PORT, settings.LOG_LEVEL)
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -32,17 +33,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.add_options(parser, OPTIONS)
 
 
-async def serve(namespaces: tuple[str, ...], stop: asyncio.Event) -> int:
+async def serve(namespaces: tuple[str, ...], metrics_port: int, stop: asyncio.Event) -> int:
     import kopf
 
     import sluiceway_operator.handlers  # noqa: F401 -- registers the handlers
+    from sluiceway_operator import metrics
 
-    await kopf.operator(
-        standalone=True,  # one replica (the chart's Deployment is Recreate): no peering
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        stop_flag=stop,
-    )
+    async with Observer(metrics_port) as observer:
+        metrics.install(observer.registry)
+        ready = asyncio.Event()
+
+        async def watching() -> None:
+            if not ready.is_set():
+                raise RuntimeError("not watching Pipelines yet")
+
+        observer.add_check("operator", watching)
+        await kopf.operator(
+            standalone=True,  # one replica (the chart's Deployment is Recreate): no peering
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            stop_flag=stop,
+            ready_flag=ready,
+        )
     return 0
 
 
@@ -58,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
             "~/.kube/config is there"
         )
     logs.setup(values["log_level"])
-    return run_until_signalled(lambda stop: serve(values["operator_namespaces"], stop))
+    return run_until_signalled(
+        lambda stop: serve(values["operator_namespaces"], values["metrics_port"], stop)
+    )
 
 
 COMMAND = Command("operator", "run the Kubernetes operator for Pipeline resources", configure, run)

@@ -24,6 +24,8 @@ TMP_VOLUME = "tmp"
 # The writer's flush on SIGTERM: the batch timeout, then one database round trip, which the
 # writer bounds itself; the grace period leaves this much on top.
 FLUSH_MARGIN_SECONDS = 30
+# Where fetchers and writers serve /metrics, /healthz and /readyz (SLUICEWAY_METRICS_PORT).
+METRICS_PORT = 9090
 
 
 def child_name(name: str, suffix: str) -> str:
@@ -102,6 +104,20 @@ def _container(spec: PipelineSpec, name: str, image: Image, args: list[str],
     return container
 
 
+def _served(container: dict[str, Any]) -> dict[str, Any]:
+    """A long-running component: its metrics port and the probes on it."""
+    container["env"] = [*container["env"], *_env(METRICS_PORT=METRICS_PORT)]
+    container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]
+    # Alive while the event loop turns; ready while connected (and, for a writer, while the
+    # schema is the one it started on). A broker outage makes pods unready, not restarted.
+    container["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": "metrics"},
+                                  "periodSeconds": 10, "timeoutSeconds": 5,
+                                  "failureThreshold": 3}  # fmt: skip
+    container["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "metrics"},
+                                   "periodSeconds": 5, "timeoutSeconds": 5}  # fmt: skip
+    return container
+
+
 def _pod(spec: PipelineSpec, component: str, container: dict[str, Any], *,
          restart: str = "Always", grace: int | None = None) -> dict[str, Any]:  # fmt: skip
     pod: dict[str, Any] = {
@@ -153,8 +169,8 @@ def fetcher_deployment(spec: PipelineSpec) -> dict[str, Any]:
     if spec.headers_secret:
         env.append({"name": "SLUICEWAY_SOURCE_HEADERS", "valueFrom": {
             "secretKeyRef": {"name": spec.headers_secret, "key": "HEADERS"}}})  # fmt: skip
-    container = _container(spec, "fetcher", spec.fetcher.image, ["fetcher"], env,
-                           spec.fetcher.resources)  # fmt: skip
+    container = _served(_container(spec, "fetcher", spec.fetcher.image, ["fetcher"], env,
+                                   spec.fetcher.resources))  # fmt: skip
     # What a fetcher holds is unacked and goes back to the queue when it stops; in-flight
     # requests finish within the request timeout.
     pod = _pod(spec, "fetcher", container, grace=math.ceil(spec.fetcher.request_timeout) + 10)
@@ -174,8 +190,8 @@ def writer_deployment(spec: PipelineSpec, replicas: int, image: str | None = Non
         *_env(PIPELINE=spec.pipeline, BATCH_SIZE=spec.writer.batch_size,
               BATCH_TIMEOUT=f"{spec.writer.batch_timeout:g}", WRITE_MODE=spec.writer.write_mode),
     ]  # fmt: skip
-    container = _container(spec, "writer", spec.writer.image, ["writer"], env,
-                           spec.writer.resources)  # fmt: skip
+    container = _served(_container(spec, "writer", spec.writer.image, ["writer"], env,
+                                   spec.writer.resources))  # fmt: skip
     if image is not None:
         container["image"] = image
     pod = _pod(spec, "writer", container, grace=writer_grace_seconds(spec))

@@ -194,3 +194,18 @@ def test_the_crd_allows_what_the_services_allow(path: tuple[str, str], option: s
     for outside in (low - (1 if field["type"] == "integer" else low / 2), high + step):
         with pytest.raises(ValueError):
             parse(str(outside))
+
+
+def test_fetchers_and_writers_serve_metrics_and_probes_the_migration_does_not() -> None:
+    for manifest in every_manifest(minimal()):
+        if manifest["kind"] == "ConfigMap":
+            continue
+        container = manifest["spec"]["template"]["spec"]["containers"][0]
+        env = {var["name"]: var.get("value") for var in container["env"]}
+        if manifest["kind"] == "Job":
+            assert "livenessProbe" not in container
+            assert "SLUICEWAY_METRICS_PORT" not in env
+            continue
+        assert env["SLUICEWAY_METRICS_PORT"] == str(manifests.METRICS_PORT)
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
