@@ -14,7 +14,13 @@ export SLUICEWAY_TEST_DATABASE_URL ?= postgresql://sluiceway:sluiceway@127.0.0.1
 export SLUICEWAY_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SLUICEWAY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: help install services run test test-unit bench lint format typecheck clean
+# Image names and tag for `make images`: <REGISTRY>/sluiceway-{fetcher,writer,operator}:<TAG>.
+REGISTRY ?= ghcr.io/sluiceway
+TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' charts/sluiceway/Chart.yaml)
+DOCKER ?= docker
+HELM := .tools/bin/helm
+
+.PHONY: help install helm services run test test-unit chart-lint images bench lint format typecheck clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,17 +31,31 @@ $(BIN)/.synced: uv.lock pyproject.toml $(PACKAGES:%=%/pyproject.toml)
 	UV_PYTHON_PREFERENCE=system "$(UV)" sync --frozen --all-packages --python '>=3.11'
 	@touch $@
 
+helm: $(HELM) ## install the pinned helm into .tools/ (for chart-lint)
+
+$(HELM): scripts/bootstrap-helm.sh
+	bash scripts/bootstrap-helm.sh >/dev/null
+
 services: ## find, start or install PostgreSQL, RabbitMQ and Redis on loopback
 	@bash scripts/services.sh
 
 run: install services ## run the pipeline end to end on the bundled sample API, then check the table
 	$(BIN)/sluiceway demo
 
-test: install services ## the whole test suite, on the real services
+test: install helm services ## the whole test suite, on the real services (chart-lint included)
 	$(BIN)/pytest
 
 test-unit: install ## the unit tests alone (no services)
 	$(BIN)/pytest tests/unit
+
+chart-lint: install helm ## helm lint --strict, every rendering validated, bad values refused
+	$(BIN)/pytest tests/chart tests/unit/operator/test_manifests.py
+
+images: ## build the fetcher, writer, operator and sample-API images (needs Docker): REGISTRY=… TAG=…
+	$(DOCKER) build -f services/fetcher/Dockerfile -t $(REGISTRY)/sluiceway-fetcher:$(TAG) .
+	$(DOCKER) build -f services/writer/Dockerfile -t $(REGISTRY)/sluiceway-writer:$(TAG) .
+	$(DOCKER) build -f operator/Dockerfile -t $(REGISTRY)/sluiceway-operator:$(TAG) .
+	$(DOCKER) build -f services/sample_api/Dockerfile -t $(REGISTRY)/sluiceway-sample-api:$(TAG) .
 
 bench: install services ## benchmarks, medians of rounds run side by side (not part of make test)
 	UV_PYTHON_PREFERENCE=system "$(UV)" sync --frozen --all-packages --group bench --python '>=3.11'

@@ -30,6 +30,8 @@ SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", nargs="?", choices=("run", "crd"), default="run",
                         help="run the operator (default), or print the CRD as YAML")  # fmt: skip
+    parser.add_argument("--chart", action="store_true",
+                        help="crd: as the Helm chart's template (behind crds.install)")  # fmt: skip
     settings.add_options(parser, OPTIONS)
 
 
@@ -60,7 +62,10 @@ async def serve(namespaces: tuple[str, ...], metrics_port: int, stop: asyncio.Ev
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "crd":
-        yaml.safe_dump(crd.definition(), sys.stdout, sort_keys=False, width=100)
+        if args.chart:
+            sys.stdout.write(crd.chart_template())
+        else:
+            yaml.safe_dump(crd.definition(), sys.stdout, sort_keys=False, width=100)
         return 0
     values = settings.resolve(args, OPTIONS)
     if not (os.path.exists(SERVICE_ACCOUNT_TOKEN) or os.environ.get("KUBECONFIG")
