@@ -25,7 +25,7 @@ VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 VALUE_FILES = [None, *sorted(CHART.glob("ci/*-values.yaml"))]
 BAD_VALUES = sorted((Path(__file__).parent / "bad-values").glob("*.yaml"))
 # Kinds outside Kubernetes' own schemas: checked otherwise below.
-NOT_CORE = {"Pipeline", "ServiceMonitor"}
+NOT_CORE = {"Pipeline", "ServiceMonitor", "PodMonitor"}
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -71,7 +71,7 @@ def test_pipelines_match_the_crd_and_other_kinds_are_known(values: Path | None) 
     for doc in render(values):
         if doc["kind"] == "Pipeline":
             jsonschema.validate(doc, schema)
-        elif doc["kind"] == "ServiceMonitor":
+        elif doc["kind"] in ("ServiceMonitor", "PodMonitor"):
             assert doc["apiVersion"] == "monitoring.coreos.com/v1"
 
 
@@ -212,7 +212,7 @@ def test_the_dashboard_queries_only_metrics_the_code_exports() -> None:
     assert config_map["data"]["sluiceway.json"].strip() == dashboard.strip()
 
 
-def test_the_network_policy_selects_the_pods_the_operator_makes() -> None:
+def test_the_network_policy_and_pod_monitor_select_the_pods_the_operator_makes() -> None:
     from sluiceway_operator import manifests
     from sluiceway_operator.spec import parse
 
@@ -224,4 +224,9 @@ def test_the_network_policy_selects_the_pods_the_operator_makes() -> None:
     policies = kinds(render(CHART / "ci" / "full-values.yaml"), "NetworkPolicy")
     (pipelines,) = [p for p in policies if p["metadata"].get("namespace") == "data"]
     assert pipelines["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (monitor,) = kinds(render(CHART / "ci" / "full-values.yaml"), "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    container = manifests.writer_deployment(pipeline, 1)["spec"]["template"]["spec"][
+        "containers"][0]  # fmt: skip
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == container["ports"][0]["name"]
     assert not kinds(render(None), "NetworkPolicy")
