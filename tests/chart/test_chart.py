@@ -120,8 +120,8 @@ def test_the_operator_runs_unprivileged_alone(values: Path | None) -> None:
 
 
 NAMESPACED = {
-    ("sluiceway.io", "pipelines"): {"get", "list", "watch", "patch"},
-    ("sluiceway.io", "pipelines/status"): {"get", "patch"},
+    ("sluiceway.io", "pipelines"): {"list", "watch", "patch"},
+    ("sluiceway.io", "pipelines/status"): {"patch"},
     ("apps", "deployments"): {"get", "create", "patch", "delete"},
     ("batch", "jobs"): {"get", "list", "create", "delete"},
     ("", "configmaps"): {"get", "create", "patch", "delete"},

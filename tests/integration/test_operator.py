@@ -28,12 +28,14 @@ from prometheus_client import CollectorRegistry
 
 from sluiceway_common import redis_keys, topology
 from sluiceway_operator import crd, metrics
+from tests.chart.test_chart import grants, kinds, render
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import eventually, free_port, get, publish, until_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 NAMESPACE = "data"
+TEST_AGENT = "sluiceway-tests"
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 RESOURCES = {
     "sluiceway.io/v1alpha1/pipelines": ("Pipeline", True),
@@ -50,8 +52,10 @@ RESOURCES = {
 class Cluster:
     """The test's side of the API: plain HTTP, as kubectl would send it."""
 
-    def __init__(self, url: str) -> None:
-        self.http = httpx.AsyncClient(base_url=url)
+    def __init__(self, url: str, api: kmock.KubernetesEmulator) -> None:
+        # Marked, so that what the operator sent can be told from what the test did.
+        self.http = httpx.AsyncClient(base_url=url, headers={"User-Agent": TEST_AGENT})
+        self.api = api
 
     @staticmethod
     def path(kind: str, name: str | None = None) -> str:
@@ -99,6 +103,29 @@ class Cluster:
         return seen
 
 
+def operator_access(api: kmock.KubernetesEmulator) -> set[tuple[str, str, str]]:
+    """(API group, resource[/subresource], verb) of every request the operator made."""
+    used = set()
+    for request in api:
+        if request.headers.get("User-Agent") == TEST_AGENT:
+            continue
+        if request.resource is None or request.resource.plural is None:
+            continue  # API discovery, which every authenticated user may read
+        resource = request.resource.plural
+        if request.subresource:
+            resource += "/" + request.subresource
+        method = str(request.method.value if hasattr(request.method, "value") else
+                     request.method).upper()  # fmt: skip
+        if method == "GET":
+            watching = request.params.get("watch") in ("true", "1")
+            verb = "get" if request.name else "watch" if watching else "list"
+        else:
+            verb = {"POST": "create", "PATCH": "patch", "PUT": "update",
+                    "DELETE": "delete"}[method]  # fmt: skip
+        used.add((request.resource.group or "", resource, verb))
+    return used
+
+
 def replicas(doc: dict[str, Any]) -> int:
     return int(doc["spec"]["replicas"])
 
@@ -119,7 +146,7 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
                                                       "namespace": NAMESPACE}}],
         }))  # fmt: skip
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        client = Cluster(str(server.url).rstrip("/"))
+        client = Cluster(str(server.url).rstrip("/"), api)
         try:
             yield client
         finally:
@@ -291,6 +318,17 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
 
         await eventually(override_gone, what="the rate-limit override removed")
         assert await cluster.get("Pipeline", "users") is None  # its finalizer released
+
+    # The chart's RBAC grants what the operator asked of the API, and nothing more in the
+    # namespaces (cluster-wide it also reads CRDs and namespaces, which kopf's scanning uses
+    # and this test turns off).
+    (cluster_role,) = kinds(render(None), "ClusterRole")
+    granted = {(group, resource, verb) for (group, resource), verbs in
+               grants(cluster_role).items() for verb in verbs}  # fmt: skip
+    scanning = {("apiextensions.k8s.io", "customresourcedefinitions", verb)
+                for verb in ("get", "list", "watch")} | {
+                ("", "namespaces", "list"), ("", "namespaces", "watch")}  # fmt: skip
+    assert operator_access(cluster.api) == granted - scanning
 
     messages = caplog.text
     for reason in ("MigrationStarted", "MigrationSucceeded", "ScaledWriters", "RateLimitSet"):
