@@ -196,7 +196,7 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
         "apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "Pipeline",
         # kmock sets neither uid nor resourceVersion (kopf tests the latter when it patches).
         "metadata": {"name": "users", "namespace": NAMESPACE, "uid": "uid-users-1",
-                     "resourceVersion": "1"},
+                     "resourceVersion": "1", "generation": 1},
         "spec": {
             "pipeline": pipeline,
             "image": {"repository": "registry.example/sluiceway", "tag": "1.0"},
@@ -244,6 +244,7 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
                                       lambda p: p["status"].get("phase") == "Running",
                                       "phase Running"))["status"]  # fmt: skip
         assert status["migration"]["state"] == "Succeeded"
+        assert status["observedGeneration"] == 1
         assert await redis_client.get(redis_keys.rate_limit(pipeline)) == b"25"
 
         # A backlog of 12 messages at 5 a writer: 3 writers.

@@ -80,6 +80,9 @@ async def pipeline_loop(name: str, namespace: str | None, uid: str, body: kopf.B
                     name, namespace, dict(body.spec), dict(body.metadata.annotations),
                     {**dict(body.status), **written},
                     lambda child: kopf.adopt(child, owner=body))  # fmt: skip
+                generation = body.metadata.get("generation")
+                if generation is not None:
+                    status["observedGeneration"] = generation  # the spec this status answers
                 await kube.patch("Pipeline", namespace, name, {"status": status}, sub="status")
                 if (recorder := metrics.installed()) is not None:
                     recorder.record(namespace, name, {**dict(body.status), **written}, status)
