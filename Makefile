@@ -14,7 +14,7 @@ export SLUICEWAY_TEST_DATABASE_URL ?= postgresql://sluiceway:sluiceway@127.0.0.1
 export SLUICEWAY_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SLUICEWAY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: help install services run test test-unit bench lint format typecheck clean
+.PHONY: help install services run test test-faults soak test-unit bench lint format typecheck clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,12 @@ run: install services ## run the pipeline end to end on the bundled sample API, 
 
 test: install services ## the whole test suite, on the real services
 	$(BIN)/pytest
+
+test-faults: install services ## the fault-injection suite in full: 10 seeded writer kills, service restarts
+	SLUICEWAY_FAULT_RUNS=10 SLUICEWAY_FAULTS_SUITE=test-faults $(BIN)/pytest tests/faults -m "not soak" --timeout 600
+
+soak: install services ## steady load with writer restarts for SLUICEWAY_SOAK_SECONDS (1200)
+	SLUICEWAY_FAULTS_SUITE=soak $(BIN)/pytest tests/faults/test_soak.py -m soak -s --timeout 0
 
 test-unit: install ## the unit tests alone (no services)
 	$(BIN)/pytest tests/unit
