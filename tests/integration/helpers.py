@@ -87,6 +87,8 @@ class TcpProxy:
 
     Cutting closes every connection through it and stops listening, so the client sees
     what it would see if the service went away; restoring listens again on the same port.
+    Holding one direction keeps its bytes back (a request sent but not yet answered, or a
+    commit or publish whose confirmation has not come back) until it is released.
     """
 
     def __init__(self, target: str) -> None:
@@ -95,6 +97,10 @@ class TcpProxy:
         self._url = parts
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # Per direction, set while bytes flow: "service" (client to service) and "client".
+        self._flowing = {"service": asyncio.Event(), "client": asyncio.Event()}
+        for flowing in self._flowing.values():
+            flowing.set()
         self.port = 0
 
     @property
@@ -118,9 +124,12 @@ class TcpProxy:
             return
         self._writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
+        ) -> None:
             try:
                 while data := await src.read(65536):
+                    await flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except OSError:
@@ -128,7 +137,10 @@ class TcpProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(
+            pipe(reader, up_writer, self._flowing["service"]),
+            pipe(up_reader, writer, self._flowing["client"]),
+        )
         self._writers -= {writer, up_writer}
 
     async def cut(self) -> None:
@@ -142,7 +154,16 @@ class TcpProxy:
     async def restore(self) -> None:
         await self.start()
 
+    def hold(self, towards: str) -> None:
+        """Keep back what flows ``towards`` "service" or "client" until :meth:`release`."""
+        self._flowing[towards].clear()
+
+    def release(self) -> None:
+        for flowing in self._flowing.values():
+            flowing.set()
+
     async def close(self) -> None:
+        self.release()
         await self.cut()
 
 

@@ -36,8 +36,18 @@ async def slow(_: web.Request) -> web.Response:
     return web.json_response({})
 
 
+async def drip(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    for byte in b'{"drip": "' + b"x" * 50 + b'"}':
+        await response.write(bytes([byte]))
+        await asyncio.sleep(0.1)  # each read well inside the timeout; the whole far outside
+    return response
+
+
 def app() -> web.Application:
     application = web.Application()
+    application.router.add_get("/drip", drip)
     application.router.add_get("/zipped", zipped)
     application.router.add_get("/slow", slow)
     application.router.add_get("/{tail:.*}", echo)
@@ -69,6 +79,18 @@ async def test_a_slow_answer_is_a_read_timeout() -> None:
     async with http_server(app()) as base, client(request_timeout=0.2) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.get(base + "/slow")
+
+
+async def test_a_body_dripped_slowly_is_cut_off_at_the_deadline() -> None:
+    transport = AiohttpTransport(4, deadline=0.5)
+    async with (
+        http_server(app()) as base,
+        httpx.AsyncClient(timeout=0.5, transport=transport) as http,
+    ):
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(base + "/drip")
+        assert asyncio.get_running_loop().time() - started < 2
 
 
 async def test_nothing_listening_is_a_connect_error() -> None:

@@ -409,3 +409,37 @@ async def _consuming(connection: AbstractConnection, queue: str) -> bool:
 
 async def _depth_is(connection: AbstractConnection, queue: str, n: int) -> bool:
     return await depth(connection, queue) == n
+
+
+async def test_a_broker_cut_while_the_writer_holds_a_batch_loses_nothing_and_crashes_nothing(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    db: asyncpg.Connection,
+    amqp_connection: AbstractConnection,
+) -> None:
+    # The batch is written after its channel was lost, so it cannot be acked: aio-pika raises
+    # (a RuntimeError) at the look at such a message's channel, which once stopped the writer.
+    queues = topology.Queues(pipeline)
+    proxy = await TcpProxy(services.amqp).start()
+    try:
+        async with running_writer(
+            database_url, proxy.url, pipeline, batch_size=1000, batch_timeout=1.0
+        ) as task:
+            await eventually(lambda: _consuming(amqp_connection, queues.records))
+            await publish(amqp_connection, pipeline, queues.records,
+                          [record(f"k{i}", b"1", T0) for i in range(10)])  # fmt: skip
+            await eventually(lambda: _depth_is(amqp_connection, queues.records, 0))
+            await proxy.cut()
+            await asyncio.sleep(0.2)
+            await proxy.restore()
+            await eventually(lambda: _has(db, pipeline, 10), what="the held batch written")
+            # Redelivered once the connection is back, written again (a no-op) and acked.
+            await eventually(lambda: _consuming(amqp_connection, queues.records), within=30)
+            await asyncio.sleep(1.5)
+            assert not task.done()
+            await eventually(lambda: _depth_is(amqp_connection, queues.records, 0))
+    finally:
+        await proxy.close()
+    assert await count(db, pipeline) == 10
+    assert await depth(amqp_connection, queues.dead) == 0

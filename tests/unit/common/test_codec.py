@@ -134,3 +134,20 @@ def test_payload_numbers_are_kept_exactly(payload: bytes) -> None:
     big = re.search(rb"-?\d{19,}", payload)
     if big is not None and b'"' + big.group() not in payload:
         assert big.group().decode() in record.payload
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [255, 256, 500, 900])
+def test_deeply_nested_payloads_decode(depth: int) -> None:
+    # orjson reads 1024 levels but writes only 255: a record the fetcher accepted must not
+    # make the writer's decoder raise something else than a verdict.
+    record = codec.decode_record(codec.encode_record("k", _nested(depth), datetime.now(UTC)))
+    assert record.payload == _nested(depth).decode()
+
+
+def test_a_payload_too_deep_for_every_encoder_is_a_bad_message() -> None:
+    with pytest.raises(codec.BadMessage, match="nested too deeply"):
+        codec.decode_record(codec.encode_record("k", _nested(1020), datetime.now(UTC)))

@@ -7,7 +7,19 @@ import os
 import socket
 
 import aio_pika
+import aio_pika.exceptions
+import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
+
+# What a lost or closing broker connection raises. aio-pika raises ChannelInvalidStateError,
+# a RuntimeError, at the mere look at the channel of a message delivered on a channel since
+# lost (to ack it, say), so it belongs here with the AMQP errors.
+BROKER_ERRORS = (
+    aio_pika.exceptions.AMQPError,
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
 
 
 def _connection_name(role: str) -> str:

@@ -123,9 +123,17 @@ def _parse(data: bytes) -> tuple[Any, bool]:
 
 
 def _dump(value: Any, exact: bool) -> str:
-    if exact:
+    if not exact:
+        try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:
+            # orjson writes at most 255 levels of nesting but reads 1024: a deeper payload
+            # takes the standard library's encoder, which goes to about its recursion limit.
+            pass
+    try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return orjson.dumps(value).decode()
+    except RecursionError:
+        raise BadMessage("payload is nested too deeply to re-encode") from None
 
 
 def _record(doc: Any, exact: bool) -> Record:

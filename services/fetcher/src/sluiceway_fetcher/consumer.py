@@ -20,15 +20,13 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
-import aio_pika.exceptions
-import aiormq.exceptions
 import httpx
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from sluiceway_common import codec, logs, redis_keys, topology
+from sluiceway_common import amqp, codec, logs, redis_keys, topology
 from sluiceway_fetcher.limiter import LimiterClosed, SharedLimiter
 from sluiceway_fetcher.metrics import Timings
 from sluiceway_fetcher.packer import Packer
@@ -38,7 +36,7 @@ from sluiceway_fetcher.source import Failed, Fetched, fetch
 
 log = logging.getLogger(__name__)
 
-BROKER_ERRORS = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, ConnectionError)
+BROKER_ERRORS = amqp.BROKER_ERRORS
 # While Redis is away a failed key cannot be recorded; its task goes back to the queue after
 # this pause rather than spinning.
 REDIS_RETRY_DELAY = 1.0

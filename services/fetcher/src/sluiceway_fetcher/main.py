@@ -39,7 +39,9 @@ async def _serve(config: FetcherSettings, stop: asyncio.Event, observer: Observe
             async with httpx.AsyncClient(
                 headers=config.source_headers,
                 timeout=config.request_timeout,
-                transport=AiohttpTransport(config.concurrency, config.max_body_bytes),
+                transport=AiohttpTransport(
+                    config.concurrency, config.max_body_bytes, config.request_timeout
+                ),
             ) as http:
                 channel = await amqp.publishing_channel(connection)
                 await channel.set_qos(prefetch_count=config.concurrency)

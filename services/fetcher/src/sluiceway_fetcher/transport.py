@@ -14,10 +14,10 @@ import httpx
 import yarl
 
 
-def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
+def _timeout(request: httpx.Request, deadline: float | None) -> aiohttp.ClientTimeout:
     timeouts = request.extensions.get("timeout", {})
     return aiohttp.ClientTimeout(
-        total=None,
+        total=deadline,
         connect=timeouts.get("pool"),
         sock_connect=timeouts.get("connect"),
         sock_read=timeouts.get("read"),
@@ -54,10 +54,15 @@ class BodyTooLarge(httpx.TransportError):
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """Sends httpx requests through one aiohttp session with at most ``max_connections``;
     a response body over ``max_body_bytes`` (as sent, before any decoding) raises
-    :class:`BodyTooLarge` without being read further."""
+    :class:`BodyTooLarge` without being read further. ``deadline`` bounds a whole request,
+    answer and body: httpx's timeouts bound each read alone, so an upstream dripping a byte a
+    second would otherwise hold a fetch for as long as it likes."""
 
-    def __init__(self, max_connections: int, max_body_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self, max_connections: int, max_body_bytes: int = 1 << 30, deadline: float | None = None
+    ) -> None:
         self._max_body_bytes = max_body_bytes
+        self._deadline = deadline
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
             auto_decompress=False,
@@ -77,7 +82,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 yarl.URL(str(request.url), encoded=True),
                 headers=headers,
                 data=body or None,
-                timeout=_timeout(request),
+                timeout=_timeout(request, self._deadline),
                 allow_redirects=False,
             ) as response:
                 content = await self._read(response, request)

@@ -18,20 +18,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aio_pika.exceptions
-import aiormq.exceptions
-import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from sluiceway_common import codec, topology
+from sluiceway_common import amqp, codec, topology
 from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.metrics import Timings
-from sluiceway_writer.sink import Sink
+from sluiceway_writer.sink import DATABASE_ERRORS, Sink
 
 log = logging.getLogger(__name__)
 
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-BROKER_ERRORS = (aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, ConnectionError)
+BROKER_ERRORS = amqp.BROKER_ERRORS
 RETRY_FIRST_DELAY = 0.5
 RETRY_MAX_DELAY = 30.0
 
@@ -145,8 +141,15 @@ class Writer:
         for record, reason in refused:
             body = codec.encode_record(record.key, record.payload.encode(), record.fetched_at)
             rejects.append((origin[id(record)], body, reason))
-        for message, dead_body, reason in rejects:
-            await self._dead_letter(message, dead_body, reason)
+        try:
+            for message, dead_body, reason in rejects:
+                await self._dead_letter(message, dead_body, reason)
+        except BROKER_ERRORS as exc:
+            # The rows are written; the whole batch comes again and lands as a no-op, and
+            # its dead letters are published then.
+            log.warning("cannot dead-letter, the broker connection is lost: %s", exc)
+            await self._requeue([d.message for d in deliveries])
+            return
         await self._ack([d.message for d in deliveries])
         self.batches += 1
         self.written += len(records) - len(refused)
@@ -202,7 +205,14 @@ class Writer:
         # channel lost since then cannot be acked; the broker re-delivers them, harmlessly.
         last_by_channel: dict[int, AbstractIncomingMessage] = {}
         for message in messages:
-            last_by_channel[id(message.channel)] = message
+            with contextlib.suppress(*BROKER_ERRORS):  # its channel is lost
+                last_by_channel[id(message.channel)] = message
         for message in last_by_channel.values():
             with contextlib.suppress(*BROKER_ERRORS):
                 await message.ack(multiple=True)
+
+    async def _requeue(self, messages: list[AbstractIncomingMessage]) -> None:
+        """Give ``messages`` back to the queue, those whose channel still stands."""
+        for message in messages:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await message.nack(requeue=True)

@@ -19,7 +19,7 @@ from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.config import OPTIONS, WriterSettings
 from sluiceway_writer.consumer import DatabaseUnavailable, Delivery, Writer
 from sluiceway_writer.merger import Merger
-from sluiceway_writer.sink import Sink, prepare_connection
+from sluiceway_writer.sink import DATABASE_ERRORS, Sink, prepare_connection
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ async def final_merge(merger: Merger) -> None:
     rows that stay buffered (another merger busy, database away) wait for the next merger."""
     try:
         await merger.drain()
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except DATABASE_ERRORS as exc:
         log.warning("last merge failed; rows stay buffered for the next merger: %s", exc)
 
 

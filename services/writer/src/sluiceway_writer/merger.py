@@ -17,6 +17,8 @@ import logging
 
 import asyncpg
 
+from sluiceway_writer.sink import DATABASE_ERRORS
+
 log = logging.getLogger(__name__)
 
 # Returns how many buffered rows it took: that, not how many rows the upsert wrote (several
@@ -75,7 +77,7 @@ class Merger:
         while not stop.is_set():
             try:
                 await self.drain()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("merging the buffer failed, will retry: %s: %s",
                             type(exc).__name__, exc)  # fmt: skip
             with contextlib.suppress(TimeoutError):

@@ -23,6 +23,17 @@ import asyncpg
 
 from sluiceway_common.codec import Record
 
+# The database away, restarting or cutting a connection mid-statement: retry later. asyncpg
+# raises InternalClientError (no subclass of its other errors) when the server ended a
+# connection in the middle of a COPY and the protocol's state no longer matches.
+DATABASE_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
 STAGE_DDL = """
 CREATE TEMPORARY TABLE IF NOT EXISTS sluiceway_stage (
     key        text        NOT NULL,
