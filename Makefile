@@ -13,6 +13,8 @@ PACKAGES := services/common services/fetcher services/writer services/sample_api
 export SLUICEWAY_TEST_DATABASE_URL ?= postgresql://sluiceway:sluiceway@127.0.0.1:5432/sluiceway
 export SLUICEWAY_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SLUICEWAY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# PostgreSQL's superuser, with which the TLS test turns the server's TLS on for its duration.
+export SLUICEWAY_TEST_PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
 # Image names and tag for `make images`: <REGISTRY>/sluiceway-{fetcher,writer,operator}:<TAG>.
 REGISTRY ?= ghcr.io/sluiceway

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import asyncpg
 from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -23,10 +24,10 @@ def database_url() -> str:
     url = context.config.attributes.get("database_url") or os.environ.get("SLUICEWAY_DATABASE_URL")
     if not url:
         raise SystemExit("SLUICEWAY_DATABASE_URL is not set: expected a postgresql:// URL")
-    scheme, rest = url.split("://", 1)
+    scheme = url.split("://", 1)[0]
     if scheme not in {"postgresql", "postgres"}:
         raise SystemExit(f"SLUICEWAY_DATABASE_URL has scheme {scheme!r}: expected postgresql")
-    return f"postgresql+asyncpg://{rest}"
+    return url
 
 
 def migrate(connection: Connection) -> None:
@@ -37,7 +38,12 @@ def migrate(connection: Connection) -> None:
 
 
 async def run_online() -> None:
-    engine = create_async_engine(database_url())
+    # asyncpg reads the URL itself, as the writer does, so that its parameters (sslmode,
+    # sslrootcert, …) mean the same here; SQLAlchemy would pass them on as unknown arguments.
+    url = database_url()
+    engine = create_async_engine(
+        "postgresql+asyncpg://", async_creator=lambda: asyncpg.connect(url)
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(migrate)

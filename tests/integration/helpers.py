@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -91,7 +92,9 @@ class TcpProxy:
     commit or publish whose confirmation has not come back) until it is released.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls  # given: clients speak TLS to the proxy, which speaks plain onwards
+        self.accepted = 0  # connections taken (past the TLS handshake, with ``tls``)
         parts = urlsplit(target)
         self._target = (parts.hostname or "127.0.0.1", parts.port or 0)
         self._url = parts
@@ -112,11 +115,14 @@ class TcpProxy:
             netloc=f"{netloc[0]}@{address}" if len(netloc) == 2 else address))  # fmt: skip
 
     async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", self.port, ssl=self._tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
