@@ -27,7 +27,7 @@ from sluiceway_fetcher.limiter import (
     LimiterClosed,
     SharedLimiter,
 )
-from sluiceway_fetcher.ratelimit import AHEAD, BURST, SPARE, Gcra
+from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE, Gcra
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import (
     TcpProxy,
@@ -292,6 +292,20 @@ async def test_a_slot_its_caller_wakes_too_late_for_is_given_up(
     # A caller on time is not counted.
     await limiter.acquire()
     assert limiter.late == 1
+
+
+async def test_slots_are_spaced_for_a_little_under_the_limit(
+    redis_client: aioredis.Redis, pipeline: str
+) -> None:
+    # Room for the shift between a slot and its request reaching the upstream (AIM).
+    limiter = SharedLimiter(redis_client, pipeline, 40)  # no burst, no spare slots
+    await limiter.acquire()
+    first = float(await redis_client.get(redis_keys.rate_last(pipeline)))
+    for _ in range(10):
+        await limiter.acquire()
+    last = float(await redis_client.get(redis_keys.rate_last(pipeline)))
+    assert last - first == pytest.approx(10 / (40 * AIM), abs=1e-6)
+    assert AIM < 1
 
 
 async def test_close_gives_back_the_callers_without_a_slot(

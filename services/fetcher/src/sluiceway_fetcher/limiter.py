@@ -23,7 +23,7 @@ import redis.exceptions
 
 from sluiceway_common import redis_keys
 from sluiceway_common.settings import RATE_LIMIT
-from sluiceway_fetcher.ratelimit import AHEAD, BURST, SPARE
+from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ local function redis_now()
 end
 """
 
-# KEYS: last, limit, pause_until. ARGV: this fetcher's rate, slots wanted, BURST, AHEAD, SPARE.
+# KEYS: last, limit, pause_until. ARGV: this fetcher's rate, slots wanted, BURST, AHEAD, SPARE,
+# AIM.
 # Returns {wait, granted, interval}: ``granted`` slots start ``wait`` seconds from now, one
 # every ``interval``; with none granted, ask again in ``wait`` seconds.
 RESERVE_LUA = (
@@ -73,6 +74,7 @@ local rate = tonumber(redis.call('GET', KEYS[2]))
 if not (rate and rate >= 0.01 and rate <= 1000000) then
   rate = tonumber(ARGV[1])
 end
+rate = rate * tonumber(ARGV[6])  -- AIM: the slots are spaced for a little under the limit
 local now = redis_now()
 -- The state is the last slot, not the TAT: the next slot is one interval after it at the
 -- limit in force now, so a new limit applies from the very next slot, not one old interval
@@ -147,7 +149,7 @@ class SharedLimiter:
             redis_keys.rate_limit(pipeline),
             redis_keys.rate_pause_until(pipeline),
         )
-        self._args = (repr(float(rate)), repr(BURST), repr(AHEAD), repr(SPARE))
+        self._args = (repr(float(rate)), repr(BURST), repr(AHEAD), repr(SPARE), repr(AIM))
         # The run: slots at first + i * interval for next <= i < count (loop time).
         self._first = 0.0
         self._interval = 1.0
