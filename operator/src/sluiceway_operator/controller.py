@@ -104,6 +104,21 @@ class SecretProblem(Exception):
     pass
 
 
+async def read_connections(kube: Kube, spec: PipelineSpec) -> Connections:
+    """The URLs in the Pipeline's connections Secret; :class:`SecretProblem` says what is
+    wrong with it."""
+    secret = await kube.get("Secret", spec.namespace, spec.connections_secret)
+    if secret is None:
+        raise SecretProblem(f"Secret {spec.connections_secret} not found")
+    data = secret.get("data") or {}
+    missing = [key for key in CONNECTION_KEYS if key not in data]
+    if missing:
+        raise SecretProblem(f"Secret {spec.connections_secret} lacks {', '.join(missing)}")
+    values = {key: base64.b64decode(value).decode() for key, value in data.items()}
+    return Connections(values["DATABASE_URL"], values["AMQP_URL"], values["REDIS_URL"],
+                       values.get("MANAGEMENT_URL"))  # fmt: skip
+
+
 @dataclass
 class Controller:
     """The state one Pipeline's loop keeps between ticks (lost on restart, by design:
@@ -124,16 +139,7 @@ class Controller:
             await self.redis.aclose()
 
     async def _connections(self, spec: PipelineSpec) -> Connections:
-        secret = await self.kube.get("Secret", spec.namespace, spec.connections_secret)
-        if secret is None:
-            raise SecretProblem(f"Secret {spec.connections_secret} not found")
-        data = secret.get("data") or {}
-        missing = [key for key in CONNECTION_KEYS if key not in data]
-        if missing:
-            raise SecretProblem(f"Secret {spec.connections_secret} lacks {', '.join(missing)}")
-        values = {key: base64.b64decode(value).decode() for key, value in data.items()}
-        found = Connections(values["DATABASE_URL"], values["AMQP_URL"], values["REDIS_URL"],
-                            values.get("MANAGEMENT_URL"))  # fmt: skip
+        found = await read_connections(self.kube, spec)
         if found != self.connections:
             await self.close()
             self.reader = DepthReader(found.amqp_url, found.management_url)

@@ -9,7 +9,6 @@ the garbage collector gets to them) and the rate-limit override it wrote to Redi
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ import redis.exceptions
 
 from sluiceway_common import redis_keys
 from sluiceway_operator import crd, manifests, metrics
-from sluiceway_operator.controller import Controller, Event
+from sluiceway_operator.controller import Controller, Event, SecretProblem, read_connections
 from sluiceway_operator.kube import Kube, KubeError
 from sluiceway_operator.spec import InvalidSpec, parse
 
@@ -75,17 +74,17 @@ async def pipeline_loop(name: str, namespace: str | None, uid: str, body: kopf.B
     try:
         while not stopped:
             wake.clear()
+            previous = {**dict(body.status), **written}
             try:
                 status = await controller.tick(
                     name, namespace, dict(body.spec), dict(body.metadata.annotations),
-                    {**dict(body.status), **written},
-                    lambda child: kopf.adopt(child, owner=body))  # fmt: skip
+                    previous, lambda child: kopf.adopt(child, owner=body))  # fmt: skip
                 generation = body.metadata.get("generation")
                 if generation is not None:
                     status["observedGeneration"] = generation  # the spec this status answers
                 await kube.patch("Pipeline", namespace, name, {"status": status}, sub="status")
                 if (recorder := metrics.installed()) is not None:
-                    recorder.record(namespace, name, {**dict(body.status), **written}, status)
+                    recorder.record(namespace, name, previous, status)
                 written = status
             except Exception as exc:
                 if (recorder := metrics.installed()) is not None:
@@ -131,13 +130,14 @@ async def deleted(name: str, namespace: str | None, spec: kopf.Spec, memo: Any,
     for job in await kube.list("Job", namespace, selector):
         await kube.delete("Job", namespace, job["metadata"]["name"])
     # The override the operator wrote; best effort, a stale one is harmless until reused.
-    secret = await kube.get("Secret", namespace, pipeline.connections_secret)
-    redis_url = ((secret or {}).get("data") or {}).get("REDIS_URL")
-    if redis_url:
-        client = aioredis.Redis.from_url(base64.b64decode(redis_url).decode())
-        try:
-            await client.delete(redis_keys.rate_limit(pipeline.pipeline))
-        except (redis.exceptions.RedisError, OSError) as exc:
-            logger.warning("could not remove the rate-limit override from Redis: %s", exc)
-        finally:
-            await client.aclose()
+    try:
+        connections = await read_connections(kube, pipeline)
+    except SecretProblem:
+        return
+    client = aioredis.Redis.from_url(connections.redis_url)
+    try:
+        await client.delete(redis_keys.rate_limit(pipeline.pipeline))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        logger.warning("could not remove the rate-limit override from Redis: %s", exc)
+    finally:
+        await client.aclose()
