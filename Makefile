@@ -47,8 +47,9 @@ run: install services ## run the pipeline end to end on the bundled sample API, 
 test: install helm services ## the whole test suite, on the real services (chart-lint included)
 	$(BIN)/pytest
 
-test-faults: install services ## the fault-injection suite in full: 10 seeded writer kills, service restarts
-	SLUICEWAY_FAULT_RUNS=10 SLUICEWAY_FAULTS_SUITE=test-faults $(BIN)/pytest tests/faults -m "not soak" --timeout 600
+test-faults: install services ## the fault-injection suite in full: 10 seeded writer kills, restarts, 10 M-line enqueue
+	SLUICEWAY_FAULT_RUNS=10 SLUICEWAY_ENQUEUE_LINES=10000000 SLUICEWAY_FAULTS_SUITE=test-faults \
+	  $(BIN)/pytest tests/faults -m "not soak" --timeout 600
 
 soak: install services ## steady load with writer restarts for SLUICEWAY_SOAK_SECONDS (1200)
 	SLUICEWAY_FAULTS_SUITE=soak $(BIN)/pytest tests/faults/test_soak.py -m soak -s --timeout 0
@@ -72,6 +73,7 @@ bench: install services ## benchmarks, medians of rounds run side by side (not p
 	$(BIN)/python benchmarks/writer.py
 	$(BIN)/python -m benchmarks.write_modes
 	$(BIN)/python -m benchmarks.fetcher
+	$(BIN)/python benchmarks/enqueue.py
 
 lint: install ## ruff
 	$(BIN)/ruff check .

@@ -56,7 +56,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from sluiceway_common import codec, topology
-from sluiceway_common.amqp import ConfirmedPublisher
+from sluiceway_common.publisher import ConfirmedPublisher
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "writer"
@@ -224,7 +224,7 @@ async def prefill(connection: AbstractConnection, queue: str, bodies: Iterator[b
         publisher = ConfirmedPublisher(channel, queue, window=PUBLISH_WINDOW)
         started = time.perf_counter()
         for body in bodies:
-            await publisher.publish(topology.persistent(body))
+            await publisher.publish(body)
         await publisher.drain()
         return publisher.confirmed / (time.perf_counter() - started)
     finally:
@@ -732,7 +732,8 @@ async def measure_latency(bench: Bench, rate: float, seconds: float) -> dict[str
             key = f"trickle-{i:06d}"
             body = codec.encode_record(key, orjson.dumps(payload_doc(i)), datetime.now(UTC))
             published[key] = time.time()
-            await publisher.publish(topology.persistent(body))
+            await publisher.publish(body)
+            await publisher.flush()  # each record on its own, when it is due
         await publisher.drain()
         try:
             await asyncio.wait_for(poller, 30)

@@ -265,12 +265,13 @@ async def check_table(
     places = rows + Counter(failed) + Counter(r["key"] for r in buffered)
     check.duplicated = sorted(k for k, n in places.items() if n > 1)
     check.dead_letters = await depth(amqp, topology.Queues(pipeline).dead)
-    _report(check)
+    record_check(check)
     check.assert_exact()
     return check
 
 
-def _report(check: Check) -> None:
+def record_check(check: Check) -> None:
+    """Append ``check`` to the report the README table is made from."""
     REPORT.parent.mkdir(exist_ok=True)
     line = {
         **asdict(check),

@@ -33,19 +33,28 @@ def sluiceway(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     [
         (("writer",), "PostgreSQL"),
         (("fetcher", "--source-url", "http://127.0.0.1:9/{key}"), "RabbitMQ"),
+        (("enqueue", "/dev/null"), "RabbitMQ"),
+        (("failed", "retry"), "RabbitMQ"),
+        (("status",), "RabbitMQ"),
+        (("status",), "Redis"),
+        (("status",), "PostgreSQL"),
     ],
 )
 def test_unreachable_service_is_one_line(
     services: ServiceUrls, args: tuple[str, ...], service: str
 ) -> None:
     port = closed_port()
-    url = {
-        "PostgreSQL": f"postgresql://writer:s3cret@127.0.0.1:{port}/db",
-        "RabbitMQ": f"amqp://fetcher:s3cret@127.0.0.1:{port}/",
+    reachable = {
+        "SLUICEWAY_DATABASE_URL": services.database,
+        "SLUICEWAY_AMQP_URL": services.amqp,
+        "SLUICEWAY_REDIS_URL": services.redis,
+    }
+    name, url = {
+        "PostgreSQL": ("SLUICEWAY_DATABASE_URL", f"postgresql://writer:s3cret@127.0.0.1:{port}/db"),
+        "RabbitMQ": ("SLUICEWAY_AMQP_URL", f"amqp://fetcher:s3cret@127.0.0.1:{port}/"),
+        "Redis": ("SLUICEWAY_REDIS_URL", f"redis://:s3cret@127.0.0.1:{port}/0"),
     }[service]
-    env = {"SLUICEWAY_DATABASE_URL": url} if service == "PostgreSQL" else {
-        "SLUICEWAY_AMQP_URL": url, "SLUICEWAY_REDIS_URL": services.redis}  # fmt: skip
-    result = sluiceway(*args, **env)
+    result = sluiceway(*args, **{**reachable, name: url})
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

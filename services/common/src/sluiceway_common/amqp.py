@@ -1,8 +1,7 @@
-"""One robust AMQP connection per process, and publishing with confirms kept in flight."""
+"""One robust AMQP connection per process, and channels that publish with confirms."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 
@@ -53,46 +52,3 @@ async def publishing_channel(connection: AbstractConnection) -> AbstractChannel:
     returns a message it could not route (its queue deleted, say) instead of letting it be
     taken for delivered: aio-pika only logs such a return unless told to raise."""
     return await connection.channel(publisher_confirms=True, on_return_raises=True)
-
-
-class ConfirmedPublisher:
-    """Publishes to one queue through the default exchange with up to ``window`` unconfirmed.
-
-    ``publish`` returns as soon as the message is sent and a place in the window is free;
-    ``drain`` waits for every confirm and raises the first failure (a nack, or the broker
-    returning the message as unroutable). Nothing is taken as published until it is confirmed.
-    """
-
-    def __init__(self, channel: AbstractChannel, routing_key: str, window: int = 512) -> None:
-        self._channel = channel
-        self._routing_key = routing_key
-        self._slots = asyncio.Semaphore(window)
-        self._pending: set[asyncio.Task[None]] = set()
-        self._error: BaseException | None = None
-        self.confirmed = 0
-
-    async def publish(self, message: aio_pika.Message) -> None:
-        if self._error is not None:
-            raise self._error
-        await self._slots.acquire()
-        task = asyncio.create_task(self._send(message))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _send(self, message: aio_pika.Message) -> None:
-        try:
-            await self._channel.default_exchange.publish(
-                message, routing_key=self._routing_key, mandatory=True
-            )
-            self.confirmed += 1
-        except Exception as exc:  # kept and raised by publish() or drain()
-            if self._error is None:
-                self._error = exc
-        finally:
-            self._slots.release()
-
-    async def drain(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending)
-        if self._error is not None:
-            raise self._error

@@ -23,9 +23,11 @@ import aio_pika
 import aio_pika.exceptions
 import orjson
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from pamqp import commands as spec
 
 from sluiceway_common import amqp, codec, settings, topology
 from sluiceway_common.cli import Command
+from sluiceway_common.publisher import ConfirmedPublisher
 
 OPTIONS = (settings.AMQP_URL, settings.PIPELINE)
 REASON_HEADER = "x-sluiceway-reason"
@@ -139,8 +141,9 @@ def encodable(value: Any) -> Any:
     return value
 
 
-def replayable(message: AbstractIncomingMessage) -> aio_pika.Message:
-    """The record message as it was before it died: same body and properties, fresh headers."""
+def replayable(message: AbstractIncomingMessage) -> spec.Basic.Properties:
+    """The properties of the record message as it was before it died, with fresh headers.
+    (The message id is the replaying publisher's own, as for any message it publishes.)"""
     headers = {
         name: encodable(value)
         for name, value in (message.headers or {}).items()
@@ -152,12 +155,11 @@ def replayable(message: AbstractIncomingMessage) -> aio_pika.Message:
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
         correlation_id=message.correlation_id,
         timestamp=message.timestamp,
         type=message.type,
         app_id=message.app_id,
-    )
+    ).properties
 
 
 async def connect(url: str, role: str) -> AbstractConnection:
@@ -226,7 +228,7 @@ async def replay_dead(amqp_url: str, pipeline: str, limit: int) -> int:
         await dead.channel.set_qos(prefetch_count=min(CHUNK, target))
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         await dead.consume(inbox.put)
-        publisher = amqp.ConfirmedPublisher(dead.channel, queues.records)
+        publisher = ConfirmedPublisher(dead.channel, queues.records)
         replayed = 0
         while replayed < target:
             held: list[AbstractIncomingMessage] = []
@@ -237,7 +239,7 @@ async def replay_dead(amqp_url: str, pipeline: str, limit: int) -> int:
             if not held:
                 break
             for message in held:
-                await publisher.publish(replayable(message))
+                await publisher.publish(message.body, replayable(message))
             # Acked only once the broker confirmed every copy. If anything fails first, the
             # held messages go back to the dead queue when the connection closes; those
             # already confirmed then exist twice, which the table absorbs (one row per key,

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
 from sluiceway_common import amqp, codec, logs, settings, topology
 from sluiceway_common.cli import Command
+from sluiceway_common.lifecycle import reach
 from sluiceway_common.progress import Progress
+from sluiceway_common.publisher import ConfirmedPublisher
 
 log = logging.getLogger(__name__)
 OPTIONS = (settings.AMQP_URL, settings.PIPELINE, settings.LOG_LEVEL)
@@ -25,8 +29,9 @@ class BadInput(Exception):
     """A line of the input cannot be a key; the message says which and why."""
 
 
-async def read_keys(stream: BinaryIO) -> AsyncIterator[str]:
-    """Yield the keys of ``stream``, one per line, streaming in chunks off the event loop.
+async def read_keys(stream: BinaryIO) -> AsyncIterator[list[tuple[int, str]]]:
+    """Yield the keys of ``stream`` with their line numbers, a chunk of the input at a time,
+    reading off the event loop.
 
     Surrounding whitespace and the line ending are stripped; blank lines are skipped.
     """
@@ -35,6 +40,7 @@ async def read_keys(stream: BinaryIO) -> AsyncIterator[str]:
         lines = await asyncio.to_thread(stream.readlines, 1 << 16)
         if not lines:
             return
+        keys = []
         for raw in lines:
             number += 1
             if len(raw) > MAX_KEY_BYTES + 2:
@@ -47,23 +53,54 @@ async def read_keys(stream: BinaryIO) -> AsyncIterator[str]:
                 continue
             if not key.isprintable():
                 raise BadInput(f"line {number}: contains a control character")
-            yield key
+            keys.append((number, key))
+        yield keys
+
+
+class Interrupted(Exception):
+    """Publishing stopped part way; ``resume_line`` is the first line not known to be queued."""
+
+    def __init__(self, cause: BaseException, confirmed: int, resume_line: int) -> None:
+        super().__init__(str(cause) or type(cause).__name__)
+        self.confirmed = confirmed
+        self.resume_line = resume_line
 
 
 async def enqueue(amqp_url: str, pipeline: str, stream: BinaryIO, show: Progress) -> int:
-    """Publish a fetch task per key of ``stream``; return how many the broker confirmed."""
+    """Publish a fetch task per key of ``stream``; return how many the broker confirmed.
+
+    On a broker failure raise ``Interrupted``, saying from which line a rerun loses nothing.
+    """
     queues = topology.Queues(pipeline)
-    connection = await amqp.connect(amqp_url, "enqueue")
+    connection = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "enqueue"))
+    # The line of every key not yet confirmed, oldest first: at most a window's worth.
+    unconfirmed: deque[int] = deque()
+    published = 0
+    next_line = 1
     try:
         channel = await amqp.publishing_channel(connection)
         await topology.declare(channel, queues)
-        publisher = amqp.ConfirmedPublisher(channel, queues.fetch)
+        publisher = ConfirmedPublisher(channel, queues.fetch)
         try:
-            async for key in read_keys(stream):
-                await publisher.publish(topology.persistent(codec.encode_task(key)))
-                show.update(publisher.confirmed)
-        finally:
+            async for chunk in read_keys(stream):
+                for number, key in chunk:
+                    await publisher.publish(codec.encode_task(key))
+                    unconfirmed.append(number)
+                    published += 1
+                    while len(unconfirmed) > published - publisher.confirmed:
+                        unconfirmed.popleft()
+                    show.update(publisher.confirmed)
+                    next_line = number + 1
+                # The next read may wait on a slow pipe: what was read goes out first.
+                await publisher.flush()
             await publisher.drain()
+        except amqp.BROKER_ERRORS as exc:
+            while len(unconfirmed) > published - publisher.confirmed:
+                unconfirmed.popleft()
+            raise Interrupted(
+                exc, publisher.confirmed, unconfirmed[0] if unconfirmed else next_line
+            ) from exc
+        finally:
             show.update(publisher.confirmed, final=True)
         return publisher.confirmed
     finally:
@@ -94,11 +131,23 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        except Interrupted as exc:
+            source = "-" if args.file == "-" else shlex.quote(args.file)
+            print(
+                f"sluiceway enqueue: stopped by the broker ({exc}) after {exc.confirmed:,} keys "
+                f"were confirmed; every key before line {exc.resume_line:,} is queued. Resume "
+                f"with: tail -n +{exc.resume_line} {source} | sluiceway enqueue -  "
+                "(keys queued twice are fetched twice and stored once)",
+                file=sys.stderr,
+            )
+            return 1
+    seconds = time.monotonic() - started
     log.info(
-        "enqueued %d keys to %s in %.1fs",
-        count,
+        "enqueued %s keys to %s in %.1fs (%s/s)",
+        f"{count:,}",
         topology.Queues(values["pipeline"]).fetch,
-        time.monotonic() - started,
+        seconds,
+        f"{count / max(seconds, 1e-9):,.0f}",
     )
     return 0
 

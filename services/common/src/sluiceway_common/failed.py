@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator
 import orjson
 import redis.asyncio as aioredis
 
-from sluiceway_common import amqp, codec, redis_keys, settings, topology
+from sluiceway_common import amqp, codec, logs, redis_keys, settings, topology
 from sluiceway_common.cli import Command
+from sluiceway_common.lifecycle import reach
+from sluiceway_common.publisher import ConfirmedPublisher
 
-OPTIONS = (settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE)
+OPTIONS = (settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE, settings.LOG_LEVEL)
 CHUNK = 500
 
 
@@ -54,12 +56,13 @@ async def retry_failed(
     """Re-enqueue the failed keys (those whose reason holds ``reason``, when given)."""
     queues = topology.Queues(pipeline)
     client = aioredis.Redis.from_url(redis_url)
-    connection = await amqp.connect(amqp_url, "failed-retry")
+    connection = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "failed-retry"))
     retried = 0
     try:
         channel = await amqp.publishing_channel(connection)
         await topology.declare(channel, queues)
-        publisher = amqp.ConfirmedPublisher(channel, queues.fetch)
+        retry_task = topology.persistent(b"", headers={codec.RETRY_HEADER: 1}).properties
+        publisher = ConfirmedPublisher(channel, queues.fetch, properties=retry_task)
         async for keys in failed_keys(client, pipeline):
             if reason is not None:
                 infos = await client.hmget(redis_keys.failed_info(pipeline), keys)
@@ -69,9 +72,8 @@ async def retry_failed(
                     if info and reason in str(orjson.loads(info).get("reason", ""))
                 ]
             for key in keys:
-                await publisher.publish(
-                    topology.persistent(codec.encode_task(key), headers={codec.RETRY_HEADER: 1})
-                )
+                await publisher.publish(codec.encode_task(key))
+            await publisher.flush()
             retried += len(keys)
         await publisher.drain()
         return retried
@@ -103,6 +105,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     values = settings.resolve(args, OPTIONS)
+    logs.setup(values["log_level"], secrets=settings.secret_values(OPTIONS, values))
     pipeline = values["pipeline"]
     if args.action == "list":
         for key, info in asyncio.run(list_failed(values["redis_url"], pipeline)):

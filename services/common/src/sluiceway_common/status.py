@@ -23,11 +23,15 @@ import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
-from sluiceway_common import amqp, redis_keys, settings, topology
+from sluiceway_common import amqp, logs, redis_keys, settings, topology
 from sluiceway_common import watch as view
 from sluiceway_common.cli import Command
+from sluiceway_common.lifecycle import reach
 
-OPTIONS = (settings.DATABASE_URL, settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE)
+OPTIONS = (
+    settings.DATABASE_URL, settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE,
+    settings.LOG_LEVEL,
+)  # fmt: skip
 READ_ERRORS = (
     aio_pika.exceptions.AMQPError, asyncpg.PostgresError, asyncpg.InterfaceError,
     aioredis.RedisError, OSError, TimeoutError,
@@ -102,11 +106,12 @@ class StatusReader:
     async def __aenter__(self) -> StatusReader:
         database_url, amqp_url, redis_url = self._urls
         async with contextlib.AsyncExitStack() as stack:
-            self._amqp = await amqp.connect(amqp_url, "status")
+            self._amqp = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "status"))
             stack.push_async_callback(self._amqp.close)
             self._redis = aioredis.Redis.from_url(redis_url)
             stack.push_async_callback(self._redis.aclose)
-            self._db = await asyncpg.connect(database_url)
+            await reach("Redis", redis_url, self._redis.ping())
+            self._db = await reach("PostgreSQL", database_url, asyncpg.connect(database_url))
             stack.push_async_callback(self._db.close)
             self._stack = stack.pop_all()
         return self
@@ -187,6 +192,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     values = settings.resolve(args, OPTIONS)
+    logs.setup(values.pop("log_level"), secrets=settings.secret_values(OPTIONS, values))
     if not 0.1 <= args.interval <= 3600:
         raise settings.ConfigError(
             f"--interval={args.interval!r} is not allowed: expected seconds from 0.1 to 3600"
