@@ -75,6 +75,8 @@ async def test_enqueue_reads_stdin(
         (b"ok\n\xff\xfe\n", "line 2: not valid UTF-8"),
         (b"ok\nbad\x07key\n", "line 2: contains a control character"),
         (b"x" * 5000 + b"\n", "line 1: longer than 4096 bytes"),
+        (b"ok\n" + b"x" * 100_000 + b"\n", "line 2: longer than 4096 bytes"),
+        (b"ok\n" + b"x" * 100_000, "line 2: longer than 4096 bytes"),  # and no newline
     ],
 )
 async def test_enqueue_refuses_bad_lines_with_their_number(

@@ -23,6 +23,8 @@ OPTIONS = (settings.AMQP_URL, settings.PIPELINE, settings.LOG_LEVEL)
 
 # Keys longer than this are refused at the door: no URL or primary key should carry them.
 MAX_KEY_BYTES = 4096
+MAX_LINE_BYTES = MAX_KEY_BYTES + 1  # and a carriage return
+READ_BYTES = 1 << 16
 
 
 class BadInput(Exception):
@@ -30,31 +32,44 @@ class BadInput(Exception):
 
 
 async def read_keys(stream: BinaryIO) -> AsyncIterator[list[tuple[int, str]]]:
-    """Yield the keys of ``stream`` with their line numbers, a chunk of the input at a time,
-    reading off the event loop.
+    """Yield the keys of ``stream`` with their line numbers, as many as one read brings,
+    reading off the event loop in constant memory (a line may not outgrow a key's bound).
 
     Surrounding whitespace and the line ending are stripped; blank lines are skipped.
     """
+    # read1 hands over what a pipe has now, so keys piped in slowly are not held back.
+    read = getattr(stream, "read1", stream.read)
     number = 0
+    rest = b""
     while True:
-        lines = await asyncio.to_thread(stream.readlines, 1 << 16)
-        if not lines:
-            return
+        chunk = await asyncio.to_thread(read, READ_BYTES)
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop() if chunk else b""
         keys = []
         for raw in lines:
             number += 1
-            if len(raw) > MAX_KEY_BYTES + 2:
-                raise BadInput(f"line {number}: longer than {MAX_KEY_BYTES} bytes")
-            try:
-                key = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise BadInput(f"line {number}: not valid UTF-8") from None
-            if not key:
-                continue
-            if not key.isprintable():
-                raise BadInput(f"line {number}: contains a control character")
-            keys.append((number, key))
-        yield keys
+            key = _key(raw, number)
+            if key:
+                keys.append((number, key))
+        if keys:
+            yield keys
+        if len(rest) > MAX_LINE_BYTES:  # a line still unfinished, already too long
+            raise BadInput(f"line {number + 1}: longer than {MAX_KEY_BYTES} bytes")
+        if not chunk:
+            return
+
+
+def _key(raw: bytes, number: int) -> str:
+    """The key on line ``number`` (its bytes without the newline); "" for a blank line."""
+    if len(raw) > MAX_LINE_BYTES:
+        raise BadInput(f"line {number}: longer than {MAX_KEY_BYTES} bytes")
+    try:
+        key = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise BadInput(f"line {number}: not valid UTF-8") from None
+    if not key.isprintable():
+        raise BadInput(f"line {number}: contains a control character")
+    return key
 
 
 class Interrupted(Exception):
