@@ -30,9 +30,11 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from sluiceway_common import codec, redis_keys, topology
+from sluiceway_common.amqp import publishing_channel
+from sluiceway_common.publisher import ConfirmedPublisher
 from sluiceway_sample_api.data import is_missing, user
 from tests.e2e.conftest import Processes
-from tests.integration.helpers import depth, eventually, http_server, publish
+from tests.integration.helpers import depth, eventually, http_server
 
 REPORT = Path(__file__).resolve().parents[2] / ".run" / "faults.jsonl"
 NOT_FOUND_RATE = 0.03
@@ -147,8 +149,18 @@ def kill(process: subprocess.Popen[bytes]) -> None:
 
 
 async def enqueue(amqp: AbstractConnection, pipeline: str, keys: list[str]) -> None:
+    """Queue a fetch task per key, all at once as `sluiceway enqueue` does (confirms in flight,
+    not one awaited at a time: scenarios time their faults against the keys being queued)."""
     queues = topology.Queues(pipeline)
-    await publish(amqp, pipeline, queues.fetch, [codec.encode_task(k) for k in keys])
+    channel = await publishing_channel(amqp)
+    try:
+        await topology.declare(channel, queues)
+        publisher = ConfirmedPublisher(channel, queues.fetch)
+        for key in keys:
+            await publisher.publish(codec.encode_task(key))
+        await publisher.drain()
+    finally:
+        await channel.close()
 
 
 async def count_rows(db: asyncpg.Connection, pipeline: str) -> int:

@@ -5,6 +5,7 @@ upstream recovers; a key that never gets an answer fails with its reason."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import pytest
@@ -42,7 +43,13 @@ async def test_all_503_for_a_while_then_recovery(
         upstream.set_mode("503")
         fetchers = [pipe.fetcher(SLUICEWAY_MAX_ATTEMPTS="12") for _ in range(2)]
         await enqueue(amqp_connection, pipeline, keys)
-        await asyncio.sleep(2)
+
+        async def every_key_refused() -> bool:
+            return len(upstream.attempts) == len(keys)
+
+        # The storm lasts until every key met it, and 2 s at least (retries meet it too).
+        await eventually(every_key_refused, within=60, what="a 503 for every key")
+        await asyncio.sleep(max(0.0, 2 - (time.monotonic() - upstream.arrivals[0][0])))
         upstream.set_mode("ok")
         await settled(db, redis_client, amqp_connection, pipeline, len(keys), within=180,
                       alive=(writer, *fetchers))  # fmt: skip
