@@ -40,11 +40,12 @@ def test_a_stamped_header_is_the_one_pamqp_marshals(
     props: spec.Basic.Properties, channel: int, body_size: int, counter: int, pid: int
 ) -> None:
     stamper = HeaderStamper(props, f"{pid:x}.0a1b2c3d.", channel)
+    message_id = stamper.message_id(counter)
+    assert message_id.endswith(f"{counter:012x}")
     expected = copy.copy(props)
-    expected.message_id = stamper.message_id(counter)
-    assert stamper.message_id(counter).endswith(f"{counter:012x}")
+    expected.message_id = message_id
     header = ContentHeader(0, body_size, expected)
-    assert stamper.frame(body_size, counter) == pamqp.frame.marshal(header, channel)
+    assert stamper.frame(body_size, message_id) == pamqp.frame.marshal(header, channel)
 
 
 def test_the_properties_given_are_not_changed() -> None:

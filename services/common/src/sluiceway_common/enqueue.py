@@ -88,10 +88,18 @@ async def enqueue(amqp_url: str, pipeline: str, stream: BinaryIO, show: Progress
     """
     queues = topology.Queues(pipeline)
     connection = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "enqueue"))
-    # The line of every key not yet confirmed, oldest first: at most a window's worth.
+    # The line of each key published and perhaps not yet confirmed, oldest first: a window's
+    # worth and one read's keys at most.
     unconfirmed: deque[int] = deque()
     published = 0
     next_line = 1
+
+    def resume_line() -> int:
+        """The first line whose key the broker has not confirmed (all before it it has)."""
+        while len(unconfirmed) > published - publisher.confirmed:
+            unconfirmed.popleft()
+        return unconfirmed[0] if unconfirmed else next_line
+
     try:
         channel = await amqp.publishing_channel(connection)
         await topology.declare(channel, queues)
@@ -102,19 +110,14 @@ async def enqueue(amqp_url: str, pipeline: str, stream: BinaryIO, show: Progress
                     await publisher.publish(codec.encode_task(key))
                     unconfirmed.append(number)
                     published += 1
-                    while len(unconfirmed) > published - publisher.confirmed:
-                        unconfirmed.popleft()
-                    show.update(publisher.confirmed)
                     next_line = number + 1
+                    show.update(publisher.confirmed)
                 # The next read may wait on a slow pipe: what was read goes out first.
                 await publisher.flush()
+                resume_line()  # forget the lines of the keys confirmed by now
             await publisher.drain()
         except amqp.BROKER_ERRORS as exc:
-            while len(unconfirmed) > published - publisher.confirmed:
-                unconfirmed.popleft()
-            raise Interrupted(
-                exc, publisher.confirmed, unconfirmed[0] if unconfirmed else next_line
-            ) from exc
+            raise Interrupted(exc, publisher.confirmed, resume_line()) from exc
         finally:
             show.update(publisher.confirmed, final=True)
         return publisher.confirmed

@@ -51,7 +51,6 @@ class HeaderStamper:
 
     def __init__(self, properties: spec.Basic.Properties, id_prefix: str, channel: int) -> None:
         self._id_prefix = id_prefix
-        self._prefix = id_prefix.encode()
         placeholder = id_prefix + secrets.token_hex(COUNTER_DIGITS // 2)
         stamped = copy.copy(properties)
         stamped.message_id = placeholder
@@ -63,20 +62,13 @@ class HeaderStamper:
         self._middle = template[BODY_SIZE_AT + BODY_SIZE.size : at]
         self._tail = template[at + len(placeholder) :]
 
-    def frame(self, body_size: int, counter: int) -> bytes:
-        return b"".join(
-            (
-                self._head,
-                BODY_SIZE.pack(body_size),
-                self._middle,
-                self._prefix,
-                b"%012x" % counter,
-                self._tail,
-            )
-        )
-
     def message_id(self, counter: int) -> str:
-        return f"{self._id_prefix}{counter:012x}"
+        return f"{self._id_prefix}{counter:0{COUNTER_DIGITS}x}"
+
+    def frame(self, body_size: int, message_id: str) -> bytes:
+        """The header frame of a ``body_size``-byte body; the id from :meth:`message_id`."""
+        body = BODY_SIZE.pack(body_size)
+        return b"".join((self._head, body, self._middle, message_id.encode(), self._tail))
 
 
 class ConfirmedPublisher:
@@ -197,7 +189,7 @@ class ConfirmedPublisher:
         self._counter += 1
         message_id = stamper.message_id(self._counter)
         if own is None:
-            return message_id, stamper.frame(len(body), self._counter)
+            return message_id, stamper.frame(len(body), message_id)
         stamped = copy.copy(own)
         stamped.message_id = message_id
         return message_id, pamqp.frame.marshal(ContentHeader(0, len(body), stamped), number)
