@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import random
+import time
 
 import asyncpg
 import pytest
@@ -85,40 +86,50 @@ async def test_postgresql_connections_terminated_mid_transaction(
     name = f"fault-{pipeline}"
     upstream = Upstream()
     proxy = await TcpProxy(database_url).start()
-    async with upstream.serving() as source:
-        pipe = Pipeline(processes, source)
-        writer = pipe.writer(SLUICEWAY_DATABASE_URL=f"{proxy.url}?application_name={name}")
-        fetcher = pipe.fetcher(SLUICEWAY_RATE_LIMIT="150")
-        await enqueue(amqp_connection, pipeline, keys)
-        terminated = 0
-        for _ in range(5):
-            await rows_grow(db, pipeline, "rows between terminations")
-            await asyncio.sleep(rng.uniform(0, 0.3))
-            proxy.hold("client")
+    try:
+        async with upstream.serving() as source:
+            pipe = Pipeline(processes, source)
+            writer = pipe.writer(SLUICEWAY_DATABASE_URL=f"{proxy.url}?application_name={name}")
+            fetcher = pipe.fetcher(SLUICEWAY_RATE_LIMIT="150")
+            await enqueue(amqp_connection, pipeline, keys)
+            for _ in range(5):
+                await rows_grow(db, pipeline, "rows between terminations")
+                await asyncio.sleep(rng.uniform(0, 0.3))
+                await _terminate_mid_transaction(db, proxy, name)
+            await settled(db, redis_client, amqp_connection, pipeline, len(keys),
+                          alive=(fetcher, writer))  # fmt: skip
+    finally:
+        await proxy.close()
+    assert "database write failed, retrying" in pipe.logs("writer")
+    await check_table(
+        "PostgreSQL connections terminated", db, redis_client, amqp_connection, pipeline,
+        landing, failing, note="5 backends terminated mid-transaction",
+    )  # fmt: skip
 
-            async def terminated_mid_transaction() -> bool:
-                # Only a backend that is running a statement or inside a transaction: an idle
-                # one the pool would quietly replace.
+
+async def _terminate_mid_transaction(db: asyncpg.Connection, proxy: TcpProxy, name: str) -> None:
+    """Hold the answers to the writer's statements and terminate its backend once it is
+    running a statement or inside a transaction (an idle one the pool would quietly
+    replace). A hold that lands while the backend is idle (the answer to a COMMIT or to the
+    pool's reset on its way back) leaves it idle, so it is released and tried again."""
+    for _ in range(20):
+        proxy.hold("client")
+        try:
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
                 n: int = await db.fetchval(
                     "SELECT count(*) FROM (SELECT pg_terminate_backend(pid)"
                     " FROM pg_stat_activity WHERE application_name = $1"
                     " AND state IN ('active', 'idle in transaction')) AS t",
                     name,
                 )
-                return n > 0
-
-            await eventually(terminated_mid_transaction, what="a backend mid-transaction")
+                if n > 0:
+                    return
+                await asyncio.sleep(0.05)
+        finally:
             proxy.release()
-            terminated += 1
-        await settled(db, redis_client, amqp_connection, pipeline, len(keys),
-                      alive=(fetcher, writer))  # fmt: skip
-    await proxy.close()
-    assert terminated >= 5
-    assert "database write failed, retrying" in pipe.logs("writer")
-    await check_table(
-        "PostgreSQL connections terminated", db, redis_client, amqp_connection, pipeline,
-        landing, failing, note="5 backends terminated mid-transaction",
-    )  # fmt: skip
+        await asyncio.sleep(0.1)
+    raise AssertionError("the writer's backend was never caught mid-transaction in 20 holds")
 
 
 async def test_redis_away_for_a_while_pauses_fetching_then_resumes(

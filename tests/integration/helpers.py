@@ -100,6 +100,7 @@ class TcpProxy:
         self._url = parts
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._cuts = 0  # a connection accepted before a cut is dropped when it is set up after
         # Per direction, set while bytes flow: "service" (client to service) and "client".
         self._flowing = {"service": asyncio.Event(), "client": asyncio.Event()}
         for flowing in self._flowing.values():
@@ -123,10 +124,15 @@ class TcpProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        cuts = self._cuts
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.close()
+            return
+        if cuts != self._cuts:
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
 
@@ -150,6 +156,7 @@ class TcpProxy:
         self._writers -= {writer, up_writer}
 
     async def cut(self) -> None:
+        self._cuts += 1
         if self._server is not None:
             self._server.close()
             self._server = None
