@@ -6,7 +6,9 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -16,7 +18,15 @@ from aio_pika.abc import AbstractConnection
 
 from sluiceway_common import codec, redis_keys, topology
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, drain, publish, record, running_writer
+from tests.integration.helpers import (
+    TcpProxy,
+    depth,
+    drain,
+    eventually,
+    publish,
+    record,
+    running_writer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -173,11 +183,12 @@ async def test_failed_list_retry_clear(
 
 
 async def _watch(
-    services: ServiceUrls, database_url: str, pipeline: str, *args: str
+    services: ServiceUrls, database_url: str, pipeline: str, *args: str, stderr: int | None = None
 ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sluiceway_common", "status", "--watch", "--interval", "0.2", *args,
         stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
         env={
             "PATH": "/usr/bin:/bin",
             "SLUICEWAY_DATABASE_URL": database_url,
@@ -186,6 +197,67 @@ async def _watch(
             "SLUICEWAY_PIPELINE": pipeline,
         },
     )  # fmt: skip
+
+
+async def test_status_watch_rides_out_each_service_going_away(
+    services: ServiceUrls, database_url: str, pipeline: str
+) -> None:
+    """PostgreSQL, then RabbitMQ, then Redis is cut off from a running ``status --watch`` for a
+    second: it says it cannot read the status, and its readings come back once the service
+    does (before, a closed PostgreSQL connection was never reopened, and a reconnecting broker
+    connection stopped the watch with a RuntimeError)."""
+    proxies = {
+        "PostgreSQL": await TcpProxy(database_url).start(),
+        "RabbitMQ": await TcpProxy(services.amqp).start(),
+        "Redis": await TcpProxy(services.redis).start(),
+    }
+    through = ServiceUrls(services.database, proxies["RabbitMQ"].url, proxies["Redis"].url)
+    watching = await _watch(
+        through, proxies["PostgreSQL"].url, pipeline, "--json", stderr=asyncio.subprocess.PIPE
+    )
+    assert watching.stdout is not None
+    assert watching.stderr is not None
+    readings: list[float] = []  # the "at" of each document
+    complaints: list[str] = []
+
+    async def follow(stream: asyncio.StreamReader, lines: list[str]) -> None:
+        while line := await stream.readline():
+            lines.append(line.decode())
+
+    docs: list[str] = []
+    followers = [
+        asyncio.create_task(follow(watching.stdout, docs)),
+        asyncio.create_task(follow(watching.stderr, complaints)),
+    ]
+
+    async def reading_after(moment: float) -> bool:
+        assert watching.returncode is None, "".join(complaints)
+        readings.extend(json.loads(doc)["at"] for doc in docs[len(readings) :])
+        return bool(readings) and readings[-1] > moment
+
+    try:
+        await eventually(lambda: reading_after(0), what="a first reading")
+        for name, proxy in proxies.items():
+            said = len(complaints)
+            await proxy.cut()
+
+            async def complained(said: int = said) -> bool:
+                assert watching.returncode is None, "".join(complaints)
+                return any("cannot read the status" in line for line in complaints[said:])
+
+            await eventually(complained, what=f"a failed reading without {name}")
+            await asyncio.sleep(1)
+            await proxy.restore()
+            back = time.time()
+            await eventually(partial(reading_after, back), what=f"a reading with {name} back")
+    finally:
+        watching.terminate()
+        await watching.wait()
+        for task in followers:
+            task.cancel()
+        for proxy in proxies.values():
+            await proxy.close()
+    assert all("Traceback" not in line for line in complaints), "".join(complaints)
 
 
 async def test_status_watch_json_follows_a_real_pipeline(

@@ -33,9 +33,10 @@ OPTIONS = (
     settings.LOG_LEVEL,
 )  # fmt: skip
 READ_ERRORS = (
-    aio_pika.exceptions.AMQPError, asyncpg.PostgresError, asyncpg.InterfaceError,
+    *amqp.BROKER_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError,
     aioredis.RedisError, OSError, TimeoutError,
 )  # fmt: skip
+READ_TIMEOUT = 10.0  # a reading not done by then is said to have failed, and tried again
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,12 @@ async def row_count(conn: asyncpg.Connection, pipeline: str) -> int | None:
 
 
 class StatusReader:
-    """Holds one connection to each service, for reading a pipeline's status repeatedly."""
+    """Holds one connection to each service, for reading a pipeline's status repeatedly.
+
+    A service that goes away makes a reading fail (with one of :data:`READ_ERRORS`) until it
+    is back: the broker connection and the Redis client reconnect by themselves, and a
+    PostgreSQL connection found closed is opened again at the next reading.
+    """
 
     def __init__(self, database_url: str, amqp_url: str, redis_url: str) -> None:
         self._urls = (database_url, amqp_url, redis_url)
@@ -112,19 +118,31 @@ class StatusReader:
             stack.push_async_callback(self._redis.aclose)
             await reach("Redis", redis_url, self._redis.ping())
             self._db = await reach("PostgreSQL", database_url, asyncpg.connect(database_url))
-            stack.push_async_callback(self._db.close)
+            stack.push_async_callback(self._close_database)
             self._stack = stack.pop_all()
         return self
 
     async def __aexit__(self, *_: object) -> None:
         await self._stack.aclose()
 
+    async def _close_database(self) -> None:
+        await self._db.close()
+
+    async def _database(self) -> asyncpg.Connection:
+        if self._db.is_closed():
+            self._db = await asyncpg.connect(self._urls[0])
+        return self._db
+
     async def read(self, pipeline: str) -> Status:
         queues = topology.Queues(pipeline)
+        # While the robust connection reconnects it has no channel to give (aio-pika would
+        # raise a bare RuntimeError): say so as the broker being away.
+        await amqp.check_connected(self._amqp)
         depths = await queue_depths(self._amqp, queues.all())
         retrying = sum(q.ready for q in await queue_depths(self._amqp, queues.retries()))
-        rows = await row_count(self._db, pipeline)
-        buffered = await buffered_count(self._db, pipeline)
+        db = await self._database()
+        rows = await row_count(db, pipeline)
+        buffered = await buffered_count(db, pipeline)
         failed = await self._redis.scard(redis_keys.failed_set(pipeline))
         return Status(pipeline, depths, rows, int(failed), buffered, retrying)
 
@@ -157,10 +175,14 @@ async def watch(values: dict[str, Any], interval: float, as_json: bool) -> None:
     pipeline = values.pop("pipeline")
     async with StatusReader(**values) as reader:
         while True:
+            limit = max(READ_TIMEOUT, interval)
             try:
-                status = await reader.read(pipeline)
+                async with asyncio.timeout(limit):
+                    status = await reader.read(pipeline)
             except READ_ERRORS as exc:
-                print(f"cannot read the status: {type(exc).__name__}: {exc}", file=sys.stderr)
+                reason = str(exc) or (f"no answer within {limit:g}s"
+                                      if isinstance(exc, TimeoutError) else "")  # fmt: skip
+                print(f"cannot read the status: {type(exc).__name__}: {reason}", file=sys.stderr)
             else:
                 trend = history.add(time.monotonic(), status)
                 if as_json:
