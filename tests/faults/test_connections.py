@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import random
 import time
 
@@ -61,12 +62,32 @@ async def test_broker_connections_cut_mid_publish_and_mid_batch(
                 await proxy.restore()
             await settled(db, redis_client, amqp_connection, pipeline, len(keys),
                           alive=(fetcher, writer))  # fmt: skip
+            await _said_the_cuts(pipe, proxy)  # before the proxy's close cuts them once more
     finally:
         await proxy.close()
     await check_table(
         "broker connections cut", db, redis_client, amqp_connection, pipeline,
         landing, failing, note="2 cuts of 1 s, fetcher and writer both",
     )  # fmt: skip
+
+
+async def _said_the_cuts(pipe: Pipeline, proxy: TcpProxy) -> None:
+    """Each process said it lost the broker (the password masked) and, once it is back, that
+    it reconnected; aio-pika's errors about its internals are kept out."""
+    for role in ("fetcher", "writer"):
+
+        async def back(role: str = role) -> bool:
+            said = [json.loads(line) for line in pipe.logs(role).splitlines() if line[:1] == "{"]
+            warned = [line["msg"] for line in said if line["level"] in ("warning", "error")]
+            assert not [msg for msg in warned if "RobustChannel" in msg], warned
+            events = [line["msg"] for line in said if "RabbitMQ at" in line["msg"]]
+            assert events, said
+            for msg in events:
+                assert f":***@127.0.0.1:{proxy.port}/" in msg
+            assert events[0].startswith("lost the connection to RabbitMQ"), events
+            return events[-1].startswith("reconnected to RabbitMQ")
+
+        await eventually(back, what=f"the {role} saying it reconnected")
 
 
 async def test_postgresql_connections_terminated_mid_transaction(

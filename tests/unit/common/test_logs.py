@@ -21,9 +21,12 @@ def restore_logging() -> Iterator[None]:
     handlers, level = root.handlers[:], root.level
     levels = {name: logging.getLogger(name).level for name in (*logs.PACKAGES, "aiormq")}
     secrets = set(logs._secrets)
+    tools = logging.getLogger("aio_pika.tools")
+    filters = tools.filters[:]
     try:
         yield
     finally:
+        tools.filters[:] = filters
         root.handlers[:] = handlers
         root.setLevel(level)
         for name, value in levels.items():
@@ -106,3 +109,27 @@ def test_json_and_text_lines_are_one_line_each(restore_logging: None) -> None:
     record = logging.LogRecord("sluiceway_writer", logging.INFO, __file__, 1, "a %s", ("b",), None)
     assert handler.format(record).endswith("INFO    sluiceway_writer: a b")
     assert json.loads(logs.JsonFormatter().format(record))["msg"] == "a b"
+
+
+def test_aio_pikas_error_for_a_channel_reopened_on_a_lost_connection_shows_only_at_debug(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """aio-pika logs an error, with its objects' reprs, for every channel that tries to reopen
+    on a connection just lost; sluiceway says the connection was lost itself, once."""
+    tools = logging.getLogger("aio_pika.tools")
+    reopen = "<OneShotCallback: cb=<bound method RobustChannel._on_close of <RobustChannel>>>"
+    other = "<OneShotCallback: cb=<function on_message>>"
+
+    def emit() -> list[dict[str, str]]:
+        for callback in (reopen, other):
+            tools.error("Callback %s error: %s: %s", callback, "RuntimeError", "closed")
+        return [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+
+    logs.setup("INFO", json_lines=True)
+    logs.setup("INFO", json_lines=True)  # set up twice (the CLI then a command): one filter
+    assert len(tools.filters) == 1
+    assert [(line["level"], "on_message" in line["msg"]) for line in emit()] == [("error", True)]
+    logs.setup("DEBUG", json_lines=True)
+    shown = emit()
+    assert [line["level"] for line in shown] == ["debug", "error"]
+    assert "RobustChannel._on_close" in shown[0]["msg"]

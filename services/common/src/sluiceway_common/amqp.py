@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 
@@ -9,6 +11,10 @@ import aio_pika
 import aio_pika.exceptions
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
+
+from sluiceway_common.settings import mask
+
+log = logging.getLogger(__name__)
 
 # What a lost or closing broker connection raises. aio-pika raises ChannelInvalidStateError,
 # a RuntimeError, at the mere look at the channel of a message delivered on a channel since
@@ -27,10 +33,28 @@ def _connection_name(role: str) -> str:
 
 
 async def connect(url: str, role: str) -> AbstractRobustConnection:
-    """The process's one connection; it reconnects and restores its channels by itself."""
-    return await aio_pika.connect_robust(
+    """The process's one connection; it reconnects and restores its channels by itself, and
+    says so in the log: a warning with the reason when the connection is lost, a line when it
+    is back."""
+    connection = await aio_pika.connect_robust(
         url, client_properties={"connection_name": _connection_name(role)}
     )
+    where = mask(url)
+
+    def lost(_: object, exc: BaseException | None) -> None:
+        if exc is None or isinstance(exc, asyncio.CancelledError):
+            return  # closed on purpose
+        log.warning(
+            "lost the connection to RabbitMQ at %s (%s: %s); reconnecting every %gs",
+            where, type(exc).__name__, exc, connection.reconnect_interval,
+        )  # fmt: skip
+
+    def back(_: object) -> None:
+        log.info("reconnected to RabbitMQ at %s", where)
+
+    connection.close_callbacks.add(lost)
+    connection.reconnect_callbacks.add(back)
+    return connection
 
 
 async def connect_plain(url: str, role: str) -> AbstractConnection:

@@ -86,3 +86,20 @@ def setup(level: str, *, json_lines: bool | None = None, secrets: Iterable[str] 
     # aiormq logs each failed connection attempt as an error of its own; sluiceway says it
     # once (at start-up) and aio-pika's robust connection warns of each reconnect.
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    tools = logging.getLogger("aio_pika.tools")
+    tools.filters[:] = [f for f in tools.filters if not isinstance(f, ChannelReopenNoise)]
+    tools.addFilter(ChannelReopenNoise())
+
+
+class ChannelReopenNoise(logging.Filter):
+    """Keeps out aio-pika's error for a channel that tried to reopen at once on a connection
+    just lost: the robust connection restores every channel when it is back, and
+    :func:`sluiceway_common.amqp.connect` has already said the connection was lost. Each
+    such record, with the object reprs of aio-pika's internals in it, is passed on only at
+    DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "RobustChannel._on_close" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(PACKAGES[0]).isEnabledFor(logging.DEBUG)
+        return True
