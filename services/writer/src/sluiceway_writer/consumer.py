@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from sluiceway_common import amqp, codec, topology
 from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.metrics import Timings
-from sluiceway_writer.sink import DATABASE_ERRORS, Sink
+from sluiceway_writer.sink import DATABASE_ERRORS, Sink, describe
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,9 @@ class Writer:
                 return await self._sink.write(records)
             except DATABASE_ERRORS as exc:
                 if self._stop.is_set():
-                    raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                    raise DatabaseUnavailable(describe(exc)) from exc
                 self.write_retries += 1
-                log.warning(
-                    "database write failed, retrying in %.1fs: %s: %s",
-                    delay, type(exc).__name__, exc,
-                )  # fmt: skip
+                log.warning("database write failed, retrying in %.1fs: %s", delay, describe(exc))
                 log.debug("database write failure", exc_info=True)
                 # A SIGTERM cuts the backoff short: one more try, then the writer stops.
                 with contextlib.suppress(TimeoutError):

@@ -19,7 +19,7 @@ from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.config import OPTIONS, WriterSettings
 from sluiceway_writer.consumer import DatabaseUnavailable, Delivery, Writer
 from sluiceway_writer.merger import Merger
-from sluiceway_writer.sink import DATABASE_ERRORS, Sink, prepare_connection
+from sluiceway_writer.sink import DATABASE_ERRORS, Sink, describe, prepare_connection
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ async def final_merge(merger: Merger) -> None:
     try:
         await merger.drain()
     except DATABASE_ERRORS as exc:
-        log.warning("last merge failed; rows stay buffered for the next merger: %s", exc)
+        log.warning("last merge failed; rows stay buffered for the next merger: %s", describe(exc))
 
 
 def configure_writer(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import logging
 
 import asyncpg
 
-from sluiceway_writer.sink import DATABASE_ERRORS
+from sluiceway_writer.sink import DATABASE_ERRORS, describe
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,6 @@ class Merger:
             try:
                 await self.drain()
             except DATABASE_ERRORS as exc:
-                log.warning("merging the buffer failed, will retry: %s: %s",
-                            type(exc).__name__, exc)  # fmt: skip
+                log.warning("merging the buffer failed, will retry: %s", describe(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval)

@@ -51,6 +51,25 @@ ON CONFLICT (pipeline, key) DO UPDATE
 """
 
 
+def describe(exc: BaseException) -> str:
+    """``exc`` as ``Type: message`` for a log line, naming the error that ended the write.
+
+    When the connection is lost inside a transaction, asyncpg's rollback fails in turn and
+    raises over the first error (``cannot call Transaction.__aexit__(): the underlying
+    connection is closed``), so the server's own reason (``terminating connection due to
+    administrator command``, say) would be lost from sight. The chain of errors is searched
+    for that reason: the first PostgreSQL error, else the first lost-connection error, else
+    ``exc`` itself.
+    """
+    chain = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 8:
+        chain.append(nxt)
+    named = next((e for e in chain if isinstance(e, asyncpg.PostgresError)), None) or next(
+        (e for e in chain if isinstance(e, asyncpg.ConnectionDoesNotExistError)), exc
+    )
+    return f"{type(named).__name__}: {named}" if str(named) else type(named).__name__
+
+
 def is_refused_row(exc: BaseException) -> bool:
     """Whether ``exc`` is PostgreSQL refusing the data rather than failing to take it."""
     sqlstate = getattr(exc, "sqlstate", None)
