@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import asyncpg
 import pytest
@@ -16,6 +17,7 @@ from tests.conftest import ServiceUrls
 from tests.integration.helpers import (
     Scrape,
     TcpProxy,
+    depth,
     eventually,
     free_port,
     get,
@@ -194,3 +196,87 @@ async def test_the_writer_is_unready_while_the_database_is_away_or_behind(
     finally:
         await db.execute("UPDATE alembic_version SET version_num = $1", revision)
         await db_proxy.close()
+
+
+@pytest.mark.parametrize("role", ["fetcher", "writer"])
+async def test_a_stop_while_the_broker_is_away_still_ends_cleanly(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    role: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stopped while its broker connection is lost and not yet back, a fetcher or writer
+    stops with status 0 (checked on leaving ``running_*``): the lost channel took its
+    consumer with it, and its unacknowledged deliveries go back to the queue. Before, it
+    waited for the broker to cancel that consumer, however long the outage. The loss is
+    said once, not again at each reconnection attempt that fails meanwhile."""
+    proxy = await TcpProxy(services.amqp).start()
+    port = free_port()
+
+    async def ready(code: int) -> bool:
+        return (await get(port, "/readyz"))[0] == code
+
+    serving = (
+        running_fetcher(proxy.url, services.redis, pipeline, "http://127.0.0.1:9/{key}",
+                        metrics_port=port)
+        if role == "fetcher"
+        else running_writer(database_url, proxy.url, pipeline, batch_size=10,
+                            batch_timeout=0.1, metrics_port=port)
+    )  # fmt: skip
+    try:
+        async with serving:
+            await eventually(lambda: ready(200), what="ready")
+            await proxy.cut()
+            await eventually(lambda: ready(503), what="unready without the broker")
+
+            async def attempt_failed() -> bool:
+                return "Reconnecting after" in caplog.text
+
+            await eventually(attempt_failed, what="a reconnection attempt failing")
+    finally:
+        await proxy.close()
+    assert caplog.text.count("lost the connection to RabbitMQ") == 1, caplog.text
+    assert "stopping without the broker" in caplog.text
+
+
+async def test_a_fetcher_stopped_with_records_unpublished_while_the_broker_is_away_stops(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    """The broker goes away while requests are in flight; their records cannot be published.
+    Told to stop, the fetcher gives up on them within its bounds and stops with status 0
+    (checked on leaving ``running_fetcher``); their tasks, never acknowledged, are all still
+    in the fetch queue afterwards. Before, it waited for the broker however long it took."""
+    queues = topology.Queues(pipeline)
+    keys = [f"user-{i}" for i in range(8)]
+    behaviour = Behaviour(latency=1.0)
+    proxy = await TcpProxy(services.amqp).start()
+    try:
+        async with (
+            http_server(make_app(behaviour)) as base,
+            running_fetcher(proxy.url, services.redis, pipeline, base + "/users/{key}"),
+        ):
+            await publish(amqp_connection, pipeline, queues.fetch,
+                          [codec.encode_task(k) for k in keys])  # fmt: skip
+
+            async def all_in_flight() -> bool:
+                return await depth(amqp_connection, queues.fetch) == 0
+
+            await eventually(all_in_flight, what="every task taken by the fetcher")
+            await proxy.cut()
+            stopping = time.monotonic()
+        took = time.monotonic() - stopping
+    finally:
+        await proxy.close()
+    assert took < 20, took
+    await eventually(lambda: _depth_is(amqp_connection, queues.fetch, len(keys)),
+                     what="every task back in the fetch queue")  # fmt: skip
+    assert await depth(amqp_connection, queues.records) == 0
+    assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 0
+
+
+async def _depth_is(connection: AbstractConnection, queue: str, n: int) -> bool:
+    return await depth(connection, queue) == n

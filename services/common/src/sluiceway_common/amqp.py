@@ -10,7 +10,12 @@ import socket
 import aio_pika
 import aio_pika.exceptions
 import aiormq.exceptions
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from sluiceway_common.settings import mask
 
@@ -40,21 +45,50 @@ async def connect(url: str, role: str) -> AbstractRobustConnection:
         url, client_properties={"connection_name": _connection_name(role)}
     )
     where = mask(url)
+    up = True  # said once when lost, not again for each attempt that fails meanwhile
 
     def lost(_: object, exc: BaseException | None) -> None:
-        if exc is None or isinstance(exc, asyncio.CancelledError):
-            return  # closed on purpose
+        nonlocal up
+        if exc is None or isinstance(exc, asyncio.CancelledError) or not up:
+            return  # closed on purpose, or already said
+        up = False
         log.warning(
             "lost the connection to RabbitMQ at %s (%s: %s); reconnecting every %gs",
             where, type(exc).__name__, exc, connection.reconnect_interval,
         )  # fmt: skip
 
     def back(_: object) -> None:
+        nonlocal up
+        up = True
         log.info("reconnected to RabbitMQ at %s", where)
 
     connection.close_callbacks.add(lost)
     connection.reconnect_callbacks.add(back)
     return connection
+
+
+# How long a consumer's cancel may wait for the broker when the process stops.
+STOP_CONSUMING_TIMEOUT = 5.0
+
+
+async def stop_consuming(connection: AbstractConnection, queue: AbstractQueue, tag: str) -> None:
+    """Cancel the consumer ``tag`` on ``queue``, so that no more deliveries come.
+
+    With the broker connection lost, there is nothing to wait for (and aio-pika would wait
+    for the connection to come back, however long that takes): the consumer went with the
+    channel, the cancel keeps aio-pika from restoring it, and the deliveries not acknowledged
+    return to the queue. So a process told to stop during an outage still stops.
+    """
+    limit = STOP_CONSUMING_TIMEOUT if connection.connected.is_set() else 0.0
+    try:
+        async with asyncio.timeout(limit):
+            await queue.cancel(tag)
+    except (*BROKER_ERRORS, TimeoutError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else "no connection"
+        log.warning(
+            "stopping without the broker (%s): deliveries not acknowledged return to the queue",
+            reason,
+        )
 
 
 async def connect_plain(url: str, role: str) -> AbstractConnection:

@@ -66,7 +66,7 @@ async def _serve(config: FetcherSettings, stop: asyncio.Event, observer: Observe
                     "" if override is None else " (set with `sluiceway rate set`)",
                 )
                 await stop.wait()
-                await fetch_queue.cancel(tag)
+                await amqp.stop_consuming(connection, fetch_queue, tag)
                 # Tasks still waiting for a slot go back to the queue at once, rather than
                 # wait out the limit, a pause or a Redis outage; those given a slot go
                 # ahead, and what is in hand finishes (bounded by the request timeout).

@@ -81,7 +81,7 @@ async def _serve(config: WriterSettings, stop: asyncio.Event, observer: Observer
             )
             try:
                 await writer.run()
-                await records_queue.cancel(tag)
+                await amqp.stop_consuming(connection, records_queue, tag)
                 # Let deliveries already on their way reach the batcher before the last flush.
                 await asyncio.sleep(0.05)
                 await writer.drain()
