@@ -17,6 +17,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from sluiceway_common.logs import error_text
 from sluiceway_common.settings import mask
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ async def connect(url: str, role: str) -> AbstractRobustConnection:
             return  # closed on purpose, or already said
         up = False
         log.warning(
-            "lost the connection to RabbitMQ at %s (%s: %s); reconnecting every %gs",
-            where, type(exc).__name__, exc, connection.reconnect_interval,
+            "lost the connection to RabbitMQ at %s (%s); reconnecting every %gs",
+            where, error_text(exc), connection.reconnect_interval,
         )  # fmt: skip
 
     def back(_: object) -> None:
@@ -84,7 +85,10 @@ async def stop_consuming(connection: AbstractConnection, queue: AbstractQueue, t
         async with asyncio.timeout(limit):
             await queue.cancel(tag)
     except (*BROKER_ERRORS, TimeoutError) as exc:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else "no connection"
+        if not isinstance(exc, TimeoutError) or str(exc):
+            reason = error_text(exc)
+        else:
+            reason = f"no answer within {limit:g}s" if limit else "no connection"
         log.warning(
             "stopping without the broker (%s): deliveries not acknowledged return to the queue",
             reason,

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import uvloop
 
+from sluiceway_common.logs import error_text
 from sluiceway_common.settings import mask
 
 T = TypeVar("T")
@@ -49,5 +50,4 @@ async def reach(what: str, url: str, connecting: Awaitable[T], within: float = 3
     try:
         return await asyncio.wait_for(connecting, within)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise StartupError(f"cannot reach {what} at {mask(url)}: {reason}") from exc
+        raise StartupError(f"cannot reach {what} at {mask(url)}: {error_text(exc)}") from exc

@@ -31,6 +31,11 @@ def keep_secret(*values: str) -> None:
     _secrets.update(value for value in values if len(value) >= MIN_SECRET_LENGTH)
 
 
+def error_text(exc: BaseException) -> str:
+    """``exc`` in one line, ``Type: message``, or only its type when it has no message."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def redact(text: str) -> str:
     """``text`` with URL passwords and the registered secret values replaced by ``***``."""
     text = URL_PASSWORD.sub(r"\g<head>***@", text)

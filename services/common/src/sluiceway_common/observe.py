@@ -44,7 +44,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 
 from sluiceway_common.lifecycle import StartupError
-from sluiceway_common.logs import redact
+from sluiceway_common.logs import error_text, redact
 
 Check = Callable[[], Awaitable[object]]
 """A readiness check: it passes by returning, fails by raising (the exception is the reason)."""
@@ -167,8 +167,7 @@ def _reason(result: object) -> str:
     if isinstance(result, TimeoutError):
         return "timed out"
     if isinstance(result, BaseException):
-        text = f"{type(result).__name__}: {result}" if str(result) else type(result).__name__
-        return redact(text)[:300]
+        return redact(error_text(result))[:300]
     return "ok"
 
 

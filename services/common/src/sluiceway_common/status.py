@@ -180,9 +180,9 @@ async def watch(values: dict[str, Any], interval: float, as_json: bool) -> None:
                 async with asyncio.timeout(limit):
                     status = await reader.read(pipeline)
             except READ_ERRORS as exc:
-                reason = str(exc) or (f"no answer within {limit:g}s"
-                                      if isinstance(exc, TimeoutError) else "")  # fmt: skip
-                print(f"cannot read the status: {type(exc).__name__}: {reason}", file=sys.stderr)
+                timed_out = isinstance(exc, TimeoutError) and not str(exc)
+                reason = f"no answer within {limit:g}s" if timed_out else logs.error_text(exc)
+                print(f"cannot read the status: {reason}", file=sys.stderr)
             else:
                 trend = history.add(time.monotonic(), status)
                 if as_json:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from sluiceway_common.codec import Record
+from sluiceway_common.logs import error_text
 
 # The database away, restarting or cutting a connection mid-statement: retry later. asyncpg
 # raises InternalClientError (no subclass of its other errors) when the server ended a
@@ -67,7 +68,7 @@ def describe(exc: BaseException) -> str:
     named = next((e for e in chain if isinstance(e, asyncpg.PostgresError)), None) or next(
         (e for e in chain if isinstance(e, asyncpg.ConnectionDoesNotExistError)), exc
     )
-    return f"{type(named).__name__}: {named}" if str(named) else type(named).__name__
+    return error_text(named)
 
 
 def is_refused_row(exc: BaseException) -> bool:
