@@ -68,6 +68,11 @@ async def depth(connection: AbstractConnection, queue: str) -> int:
         await channel.close()
 
 
+async def depth_is(connection: AbstractConnection, queue: str, n: int) -> bool:
+    """Whether ``queue`` holds exactly ``n`` ready messages (for :func:`eventually`)."""
+    return await depth(connection, queue) == n
+
+
 async def drain(
     connection: AbstractConnection, queue: str
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:

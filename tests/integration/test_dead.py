@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from sluiceway_common import topology
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, drain, eventually, record
+from tests.integration.helpers import depth, depth_is, drain, eventually, record
 
 pytestmark = pytest.mark.integration
 
@@ -133,14 +133,14 @@ async def test_list_shows_every_dead_letter_and_leaves_them_on_the_queue(
         assert sorted(listed.stdout.splitlines()) == expected_lines(pipeline)
         assert "6 dead letters shown of 6" in listed.stderr
         await eventually(
-            lambda: _depth_is(amqp_connection, dead, 6), what="the listed messages back"
+            lambda: depth_is(amqp_connection, dead, 6), what="the listed messages back"
         )
 
     limited = sluiceway(services, pipeline, "list", "--limit", "2")
     assert limited.returncode == 0, limited.stderr
     assert len(limited.stdout.splitlines()) == 2
     assert "2 dead letters shown of 6" in limited.stderr
-    await eventually(lambda: _depth_is(amqp_connection, dead, 6), what="the listed messages back")
+    await eventually(lambda: depth_is(amqp_connection, dead, 6), what="the listed messages back")
 
     as_json = sluiceway(services, pipeline, "list", "--json", "--limit", "0")
     assert as_json.returncode == 0, as_json.stderr
@@ -164,7 +164,7 @@ async def test_list_shows_every_dead_letter_and_leaves_them_on_the_queue(
     assert len(by_key) == 6
 
     # Nothing was lost or changed by looking.
-    await eventually(lambda: _depth_is(amqp_connection, dead, 6), what="the listed messages back")
+    await eventually(lambda: depth_is(amqp_connection, dead, 6), what="the listed messages back")
     kept = await drain(amqp_connection, dead)
     assert sorted(m.body for m in kept) == sorted(m.body for m in dead_letters(pipeline))
 
@@ -188,18 +188,18 @@ async def test_replay_moves_dead_letters_back_to_the_records_queue_without_their
     # A list first: it returns every message to the dead queue, which then carries a broker
     # delivery count that must not follow the record back.
     assert sluiceway(services, pipeline, "list").returncode == 0
-    await eventually(lambda: _depth_is(amqp_connection, queues.dead, 6), what="list's returns")
+    await eventually(lambda: depth_is(amqp_connection, queues.dead, 6), what="list's returns")
 
     some = sluiceway(services, pipeline, "replay", "--limit", "2")
     assert some.returncode == 0, some.stderr
     assert f"replayed 2 dead letters of pipeline {pipeline}" in some.stdout
-    await eventually(lambda: _depth_is(amqp_connection, queues.dead, 4), what="2 acked")
+    await eventually(lambda: depth_is(amqp_connection, queues.dead, 4), what="2 acked")
     assert await depth(amqp_connection, queues.records) == 2
 
     rest = sluiceway(services, pipeline, "replay")
     assert rest.returncode == 0, rest.stderr
     assert f"replayed 4 dead letters of pipeline {pipeline}" in rest.stdout
-    await eventually(lambda: _depth_is(amqp_connection, queues.dead, 0), what="4 acked")
+    await eventually(lambda: depth_is(amqp_connection, queues.dead, 0), what="4 acked")
 
     replayed = {m.body: m for m in await drain(amqp_connection, queues.records)}
     originals = {m.body: m for m in dead_letters(pipeline)}
@@ -244,7 +244,7 @@ async def test_replay_takes_only_what_was_dead_when_it_started(
     replayed = await asyncio.to_thread(sluiceway, services, pipeline, "replay")
     assert replayed.returncode == 0, replayed.stderr
     assert f"replayed 900 dead letters of pipeline {pipeline}" in replayed.stdout
-    await eventually(lambda: _depth_is(amqp_connection, queues.dead, 900), what="dead again")
+    await eventually(lambda: depth_is(amqp_connection, queues.dead, 900), what="dead again")
     await channel.close()
     again = await drain(amqp_connection, queues.dead)
     assert {(m.headers or {})["x-sluiceway-reason"] for m in again} == {"still broken"}
@@ -274,7 +274,3 @@ def test_a_negative_limit_is_refused(services: ServiceUrls, pipeline: str) -> No
     refused = sluiceway(services, pipeline, "list", "--limit", "-1")
     assert refused.returncode == 2
     assert "--limit" in refused.stderr
-
-
-async def _depth_is(connection: AbstractConnection, queue: str, expected: int) -> bool:
-    return await depth(connection, queue) == expected

@@ -18,6 +18,7 @@ from tests.integration.helpers import (
     Scrape,
     TcpProxy,
     depth,
+    depth_is,
     eventually,
     free_port,
     get,
@@ -272,11 +273,7 @@ async def test_a_fetcher_stopped_with_records_unpublished_while_the_broker_is_aw
     finally:
         await proxy.close()
     assert took < 20, took
-    await eventually(lambda: _depth_is(amqp_connection, queues.fetch, len(keys)),
+    await eventually(lambda: depth_is(amqp_connection, queues.fetch, len(keys)),
                      what="every task back in the fetch queue")  # fmt: skip
     assert await depth(amqp_connection, queues.records) == 0
     assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 0
-
-
-async def _depth_is(connection: AbstractConnection, queue: str, n: int) -> bool:
-    return await depth(connection, queue) == n

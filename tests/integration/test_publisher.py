@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from sluiceway_common import amqp, topology
 from sluiceway_common.publisher import ConfirmedPublisher
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import TcpProxy, depth, drain, eventually
+from tests.integration.helpers import TcpProxy, depth, depth_is, drain, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -142,10 +142,6 @@ async def test_publishing_waits_while_the_window_is_full(
     await asyncio.wait_for(task, 30)
     assert publisher.confirmed == 300
     assert await depth(amqp_connection, queue) == 300
-
-
-async def depth_is(connection: AbstractConnection, queue: str, expected: int) -> bool:
-    return await depth(connection, queue) == expected
 
 
 async def test_a_lost_connection_fails_the_publisher_and_keeps_the_confirmed_prefix(

@@ -24,6 +24,7 @@ from tests.integration.helpers import (
     TcpProxy,
     consumers,
     depth,
+    depth_is,
     drain,
     eventually,
     publish,
@@ -398,17 +399,13 @@ async def test_sigterm_during_an_outage_stops_promptly_and_returns_the_batch(
     finally:
         await proxy.close()
     assert await count(db, pipeline) == 0
-    await eventually(lambda: _depth_is(amqp_connection, queues.records, 12),
+    await eventually(lambda: depth_is(amqp_connection, queues.records, 12),
                      what="the unwritten records back on the queue")  # fmt: skip
     assert await depth(amqp_connection, queues.dead) == 0
 
 
 async def _consuming(connection: AbstractConnection, queue: str) -> bool:
     return await consumers(connection, queue) > 0
-
-
-async def _depth_is(connection: AbstractConnection, queue: str, n: int) -> bool:
-    return await depth(connection, queue) == n
 
 
 async def test_a_broker_cut_while_the_writer_holds_a_batch_loses_nothing_and_crashes_nothing(
@@ -429,7 +426,7 @@ async def test_a_broker_cut_while_the_writer_holds_a_batch_loses_nothing_and_cra
             await eventually(lambda: _consuming(amqp_connection, queues.records))
             await publish(amqp_connection, pipeline, queues.records,
                           [record(f"k{i}", b"1", T0) for i in range(10)])  # fmt: skip
-            await eventually(lambda: _depth_is(amqp_connection, queues.records, 0))
+            await eventually(lambda: depth_is(amqp_connection, queues.records, 0))
             await proxy.cut()
             await asyncio.sleep(0.2)
             await proxy.restore()
@@ -438,7 +435,7 @@ async def test_a_broker_cut_while_the_writer_holds_a_batch_loses_nothing_and_cra
             await eventually(lambda: _consuming(amqp_connection, queues.records), within=30)
             await asyncio.sleep(1.5)
             assert not task.done()
-            await eventually(lambda: _depth_is(amqp_connection, queues.records, 0))
+            await eventually(lambda: depth_is(amqp_connection, queues.records, 0))
     finally:
         await proxy.close()
     assert await count(db, pipeline) == 10
