@@ -7,7 +7,9 @@ SHELL := bash
 VENV := .venv
 BIN := $(VENV)/bin
 UV = $(shell bash scripts/bootstrap-uv.sh)
-PACKAGES := services/common services/fetcher services/writer services/sample_api operator
+# The workspace members, as the root pyproject lists them; each but common is an image.
+PACKAGES := $(shell sed -n '/^members = \[/{s/^members = \[//;s/[]",]/ /g;p}' pyproject.toml)
+MEMBERS := $(filter-out common,$(shell sed -n 's/^name = "sluiceway-\(.*\)"/\1/p' $(PACKAGES:%=%/pyproject.toml)))
 
 # The tests' real services; .ci/run and `make test` use the local ones unless these are set.
 export SLUICEWAY_TEST_DATABASE_URL ?= postgresql://sluiceway:sluiceway@127.0.0.1:5432/sluiceway
@@ -16,7 +18,7 @@ export SLUICEWAY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 # PostgreSQL's superuser, with which the TLS test turns the server's TLS on for its duration.
 export SLUICEWAY_TEST_PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-# Image names and tag for `make images`: <REGISTRY>/sluiceway-{fetcher,writer,operator}:<TAG>.
+# Image names and tag for `make images`: <REGISTRY>/sluiceway-<member>:<TAG>.
 REGISTRY ?= ghcr.io/sluiceway
 TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' charts/sluiceway/Chart.yaml)
 DOCKER ?= docker
@@ -60,11 +62,10 @@ test-unit: install ## the unit tests alone (no services)
 chart-lint: install helm ## helm lint --strict, every rendering validated, bad values refused
 	$(BIN)/pytest tests/chart tests/unit/operator/test_manifests.py
 
-images: ## build the fetcher, writer, operator and sample-API images (needs Docker): REGISTRY=… TAG=…
-	$(DOCKER) build -f services/fetcher/Dockerfile -t $(REGISTRY)/sluiceway-fetcher:$(TAG) .
-	$(DOCKER) build -f services/writer/Dockerfile -t $(REGISTRY)/sluiceway-writer:$(TAG) .
-	$(DOCKER) build -f operator/Dockerfile -t $(REGISTRY)/sluiceway-operator:$(TAG) .
-	$(DOCKER) build -f services/sample_api/Dockerfile -t $(REGISTRY)/sluiceway-sample-api:$(TAG) .
+images: ## build an image per member from the one Dockerfile (needs Docker): REGISTRY=… TAG=…
+	for member in $(MEMBERS); do \
+	  $(DOCKER) build --build-arg MEMBER=$$member -t $(REGISTRY)/sluiceway-$$member:$(TAG) . ; \
+	done
 
 bench: install services ## benchmarks, medians of rounds run side by side (not part of make test)
 	UV_PYTHON_PREFERENCE=system "$(UV)" sync --frozen --all-packages --group bench --python '>=3.11'

@@ -26,7 +26,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from sluiceway_common import redis_keys, topology
+from sluiceway_common import store, topology
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ async def pipeline(services: ServiceUrls, database_url: str) -> AsyncIterator[st
         await connection.close()
     client = aioredis.Redis.from_url(services.redis)
     try:
-        await client.delete(*redis_keys.owned(name))
+        await client.delete(*store.owned(name))
     finally:
         await client.aclose()
     conn = await asyncpg.connect(database_url)

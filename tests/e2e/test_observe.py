@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from sluiceway_common import codec, redis_keys, topology
+from sluiceway_common import codec, store, topology
 from tests.e2e.conftest import Processes
 from tests.integration.helpers import (
     eventually,
@@ -62,7 +62,7 @@ async def test_no_secret_in_logs_probes_or_metrics(
         await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task("k1")])
 
         async def failed() -> bool:
-            return bool(await redis_client.scard(redis_keys.failed_set(pipeline)))
+            return bool(await redis_client.scard(store.failed_set(pipeline)))
 
         await eventually(failed, what="the key failed")
         pages = [
@@ -76,7 +76,7 @@ async def test_no_secret_in_logs_probes_or_metrics(
         assert processes.terminate(process) == 0
     fetcher_log, writer_log = processes.log("fetcher"), processes.log("writer")
     assert "Forbidden ***" in fetcher_log  # the line was there, with the token masked
-    info = await redis_client.hget(redis_keys.failed_info(pipeline), "k1")
+    info = await redis_client.hget(store.failed_info(pipeline), "k1")
     assert b"Forbidden ***" in info
     assert 'sluiceway_fetches_total{outcome="http_error",pipeline="' in pages[0]
     for text in (*pages, fetcher_log, writer_log, info.decode()):

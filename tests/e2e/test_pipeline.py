@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 
-from sluiceway_common import codec, redis_keys, topology
+from sluiceway_admin.demo import demo_keys
+from sluiceway_common import codec, store, topology
 from sluiceway_sample_api.data import is_missing, user
-from sluiceway_sample_api.demo import demo_keys
 from tests.e2e.conftest import Processes, sample_api
 from tests.integration.helpers import depth, drain, eventually, publish
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 async def landed(db: asyncpg.Connection, client: aioredis.Redis, pipeline: str) -> int:
     rows: int = await db.fetchval("SELECT count(*) FROM records WHERE pipeline = $1", pipeline)
-    return rows + int(await client.scard(redis_keys.failed_set(pipeline)))
+    return rows + int(await client.scard(store.failed_set(pipeline)))
 
 
 async def test_keys_in_rows_out(
@@ -64,7 +64,7 @@ async def test_keys_in_rows_out(
     assert set(rows) == set(keys) - missing
     for key, payload in rows.items():
         assert payload == user(key), key
-    failed = {k.decode() for k in await redis_client.smembers(redis_keys.failed_set(pipeline))}
+    failed = {k.decode() for k in await redis_client.smembers(store.failed_set(pipeline))}
     assert failed == missing
 
     status = json.loads(processes.run("status", "--json").stdout)

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 
-from sluiceway_common import codec, redis_keys, topology
+from sluiceway_common import codec, store, topology
 from tests.e2e.conftest import Processes
 from tests.integration.helpers import consumers, depth, eventually, publish
 from tests.integration.test_ratelimit import Upstream, most_in_one_second, rate_keys
@@ -143,7 +143,7 @@ async def test_rate_show_tells_of_a_pause(
 ) -> None:
     seconds, micros = await redis_client.time()
     await redis_client.set(
-        redis_keys.rate_pause_until(pipeline), repr(seconds + micros / 1e6 + 30), px=31_000
+        store.rate_pause_until(pipeline), repr(seconds + micros / 1e6 + 30), px=31_000
     )
     shown = json.loads(processes.run("rate", "show", "--json").stdout)
     assert 25 < shown["paused_for"] <= 30

@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from sluiceway_common import redis_keys
+from sluiceway_common import store
 from sluiceway_sample_api.data import user
 from tests.conftest import ServiceUrls
 from tests.e2e.conftest import Processes, sample_api
@@ -160,7 +160,7 @@ async def test_every_component_speaks_tls_with_verified_certificates(
             assert await asyncio.to_thread(processes.terminate, process) == 0
         rows = await db.fetch("SELECT key, payload FROM records WHERE pipeline = $1", pipeline)
         assert {r["key"]: json.loads(r["payload"]) for r in rows} == {k: user(k) for k in keys}
-        assert not await redis_client.scard(redis_keys.failed_set(pipeline))
+        assert not await redis_client.scard(store.failed_set(pipeline))
         # Both proxies carried TLS connections (the handshake is done before one is counted).
         assert broker.accepted >= 3  # fetcher, writer, enqueue (and status)
         assert cache.accepted >= 1

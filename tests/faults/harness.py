@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from sluiceway_common import codec, redis_keys, topology
+from sluiceway_common import codec, store, topology
 from sluiceway_common.amqp import publishing_channel
 from sluiceway_common.publisher import ConfirmedPublisher
 from sluiceway_sample_api.data import is_missing, user
@@ -196,7 +196,7 @@ async def settled(
         for process in watched:
             assert process.poll() is None, f"a process exited with {process.returncode}"
         rows = await count_rows(db, pipeline)
-        failed = int(await redis.scard(redis_keys.failed_set(pipeline)))
+        failed = int(await redis.scard(store.failed_set(pipeline)))
         if rows + failed < total:
             return False
         buffered = await db.fetchval(
@@ -258,9 +258,9 @@ async def check_table(
     buffered = await db.fetch("SELECT key FROM records_buffer WHERE pipeline = $1", pipeline)
     info = {
         k.decode(): json.loads(v)
-        for k, v in (await redis.hgetall(redis_keys.failed_info(pipeline))).items()
+        for k, v in (await redis.hgetall(store.failed_info(pipeline))).items()
     }
-    failed = {k.decode() for k in await redis.smembers(redis_keys.failed_set(pipeline))}
+    failed = {k.decode() for k in await redis.smembers(store.failed_set(pipeline))}
     for key in failed:
         check.failed_checked += 1
         if key not in failing:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from sluiceway_fetcher.source import key_url
+from sluiceway_common.codec import key_url
 from tests.conftest import ServiceUrls
 from tests.faults.harness import check_table, enqueue, settled
 from tests.integration.helpers import http_server, running_fetcher, running_writer

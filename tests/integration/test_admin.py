@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 
-from sluiceway_common import codec, redis_keys, topology
+from sluiceway_common import codec, store, topology
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import (
     TcpProxy,
@@ -122,7 +122,7 @@ async def test_status_json_counts_queues_rows_and_failed(
         sluiceway(services, database_url, pipeline, "enqueue", "-", stdin=b"a\nb\nc\n").returncode
         == 0
     )
-    await redis_client.sadd(redis_keys.failed_set(pipeline), "x", "y")
+    await redis_client.sadd(store.failed_set(pipeline), "x", "y")
     result = sluiceway(services, database_url, pipeline, "status", "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
@@ -148,9 +148,9 @@ async def test_failed_list_retry_clear(
     amqp_connection: AbstractConnection,
 ) -> None:
     keys = [f"k{i}" for i in range(1200)]  # more than one SSCAN chunk
-    await redis_client.sadd(redis_keys.failed_set(pipeline), *keys)
+    await redis_client.sadd(store.failed_set(pipeline), *keys)
     await redis_client.hset(
-        redis_keys.failed_info(pipeline),
+        store.failed_info(pipeline),
         "k1",
         orjson.dumps({"reason": "HTTP 404 Not Found", "status": 404}),
     )
@@ -170,7 +170,7 @@ async def test_failed_list_retry_clear(
     assert sorted(codec.decode_task(m.body) for m in tasks) == sorted(keys)
     assert all((m.headers or {}).get(codec.RETRY_HEADER) for m in tasks)
     # Keys leave the set only when their records land (tests/integration/test_fetcher.py).
-    assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 1200
+    assert await redis_client.scard(store.failed_set(pipeline)) == 1200
 
     only = sluiceway(services, database_url, pipeline, "failed", "retry", "--reason", "404")
     assert "re-enqueued 1 failed keys" in only.stdout
@@ -179,7 +179,7 @@ async def test_failed_list_retry_clear(
 
     cleared = sluiceway(services, database_url, pipeline, "failed", "clear")
     assert "cleared 1,200" in cleared.stdout
-    assert await redis_client.exists(redis_keys.failed_set(pipeline)) == 0
+    assert await redis_client.exists(store.failed_set(pipeline)) == 0
 
 
 async def _watch(

@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from sluiceway_common import codec, redis_keys, topology
-from sluiceway_common.failed import retry_failed
-from sluiceway_common.status import collect
+from sluiceway_admin.failed import retry_failed
+from sluiceway_admin.reading import collect
+from sluiceway_common import codec, store, topology
 from sluiceway_sample_api.data import is_missing, user
 from sluiceway_sample_api.server import Behaviour, make_app
 from tests.conftest import ServiceUrls
@@ -55,9 +55,9 @@ async def test_fetches_each_key_into_a_record_and_failures_into_the_failed_set(
         # The upstream saw each key whole: it served the user of exactly that key.
         assert json.loads(r.payload) == user(r.key)
         assert before - timedelta(seconds=1) <= r.fetched_at <= datetime.now(UTC)
-    failed = {k.decode() for k in await redis_client.smembers(redis_keys.failed_set(pipeline))}
+    failed = {k.decode() for k in await redis_client.smembers(store.failed_set(pipeline))}
     assert failed == missing
-    info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), min(missing)))
+    info = json.loads(await redis_client.hget(store.failed_info(pipeline), min(missing)))
     assert info["status"] == 404
     assert info["reason"] == "HTTP 404 Not Found"
     assert datetime.fromisoformat(info["at"]) >= before - timedelta(seconds=1)
@@ -67,7 +67,7 @@ async def _records_and_failed(
     connection: AbstractConnection, client: aioredis.Redis, pipeline: str, n: int
 ) -> bool:
     records = await depth(connection, topology.Queues(pipeline).records)
-    failed = await client.scard(redis_keys.failed_set(pipeline))
+    failed = await client.scard(store.failed_set(pipeline))
     return records + int(failed) >= n
 
 
@@ -100,7 +100,7 @@ async def test_a_200_that_is_not_json_and_a_server_error_are_failures(
             )
     infos = {
         k.decode(): json.loads(v)
-        for k, v in (await redis_client.hgetall(redis_keys.failed_info(pipeline))).items()
+        for k, v in (await redis_client.hgetall(store.failed_info(pipeline))).items()
     }
     assert set(infos) == {"html", "boom"}
     assert infos["html"]["reason"].startswith("body is not JSON")
@@ -119,7 +119,7 @@ async def test_unreachable_upstream_is_recorded_as_a_connection_failure(
     await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task("k")])
     async with running_fetcher(services.amqp, services.redis, pipeline, "http://127.0.0.1:9/{key}"):
         await eventually(lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 1))
-    info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), "k"))
+    info = json.loads(await redis_client.hget(store.failed_info(pipeline), "k"))
     assert info["reason"].startswith("connection error")
     assert info["status"] is None
 
@@ -176,11 +176,11 @@ async def test_a_body_over_the_limit_fails_its_key_alone(
             await eventually(
                 lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 2)
             )
-    info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), "big"))
+    info = json.loads(await redis_client.hget(store.failed_info(pipeline), "big"))
     assert info == {
         "reason": "body larger than 2048 bytes", "status": 200, "attempts": 1, "at": info["at"]
     }  # fmt: skip
-    assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 1
+    assert await redis_client.scard(store.failed_set(pipeline)) == 1
     assert await depth(amqp_connection, queues.records) == 1
 
 
@@ -215,7 +215,7 @@ async def test_a_retried_key_leaves_the_failed_set_when_it_lands(
     amqp_connection: AbstractConnection,
     redis_client: aioredis.Redis,
 ) -> None:
-    failed, info = redis_keys.failed_set(pipeline), redis_keys.failed_info(pipeline)
+    failed, info = store.failed_set(pipeline), store.failed_info(pipeline)
     await redis_client.sadd(failed, "flaky", "gone")
     await redis_client.hset(info, mapping={
         "flaky": orjson.dumps({"reason": "HTTP 503 Service Unavailable", "status": 503}),
@@ -282,7 +282,7 @@ async def test_passing_failures_are_retried_later_without_holding_up_other_keys(
     assert sorted(r.key for r in records) == sorted(set(keys) - {"down"})
     assert answers["flaky"] == []  # three attempts: 503, 500, then 200
     assert answers["down"] == [503]  # three attempts, then given up
-    info = json.loads(await redis_client.hget(redis_keys.failed_info(pipeline), "down"))
+    info = json.loads(await redis_client.hget(store.failed_info(pipeline), "down"))
     assert (info["status"], info["attempts"]) == (503, 3)
     assert info["reason"] == "HTTP 503 Service Unavailable"
     # The other keys did not wait for the flaky one's retries.

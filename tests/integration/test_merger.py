@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractConnection
 
+from sluiceway_admin.reading import collect
 from sluiceway_common import topology
-from sluiceway_common.status import collect
 from sluiceway_writer.merger import LOCK, Merger
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import depth, eventually, publish, record

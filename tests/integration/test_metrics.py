@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 
-from sluiceway_common import codec, redis_keys, topology
+from sluiceway_common import codec, store, topology
 from sluiceway_sample_api.data import is_missing
 from sluiceway_sample_api.server import Behaviour, make_app
 from tests.conftest import ServiceUrls
@@ -70,7 +70,7 @@ async def test_metrics_count_what_the_fetcher_and_the_writer_did(
 
         async def all_done() -> bool:
             rows = await db.fetchval("SELECT count(*) FROM records WHERE pipeline = $1", pipeline)
-            failed = await redis_client.scard(redis_keys.failed_set(pipeline))
+            failed = await redis_client.scard(store.failed_set(pipeline))
             return bool(rows == found and failed == len(missing))
 
         await eventually(all_done, what="every key landed or failed")
@@ -276,4 +276,4 @@ async def test_a_fetcher_stopped_with_records_unpublished_while_the_broker_is_aw
     await eventually(lambda: depth_is(amqp_connection, queues.fetch, len(keys)),
                      what="every task back in the fetch queue")  # fmt: skip
     assert await depth(amqp_connection, queues.records) == 0
-    assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 0
+    assert await redis_client.scard(store.failed_set(pipeline)) == 0

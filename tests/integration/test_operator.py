@@ -26,7 +26,7 @@ import yaml
 from aio_pika.abc import AbstractConnection
 from prometheus_client import CollectorRegistry
 
-from sluiceway_common import redis_keys, topology
+from sluiceway_common import store, topology
 from sluiceway_operator import crd, metrics
 from tests.chart.test_chart import grants, kinds, render
 from tests.conftest import ServiceUrls
@@ -245,7 +245,7 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
                                       "phase Running"))["status"]  # fmt: skip
         assert status["migration"]["state"] == "Succeeded"
         assert status["observedGeneration"] == 1
-        assert await redis_client.get(redis_keys.rate_limit(pipeline)) == b"25"
+        assert await redis_client.get(store.rate_limit(pipeline)) == b"25"
 
         # A backlog of 12 messages at 5 a writer: 3 writers.
         await publish(amqp_connection, pipeline, queues.records, [b"{}"] * 12)
@@ -291,7 +291,7 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
         await cluster.patch("Pipeline", "users", {"spec": {"source": {"rateLimit": 7.5}}})
 
         async def rate_in_redis() -> bool:
-            return await redis_client.get(redis_keys.rate_limit(pipeline)) == b"7.5"
+            return await redis_client.get(store.rate_limit(pipeline)) == b"7.5"
 
         await eventually(rate_in_redis, what="the new rate limit in Redis")
         await cluster.until(
@@ -315,7 +315,7 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
         await eventually(children_gone, what="the children deleted")
 
         async def override_gone() -> bool:
-            return await redis_client.get(redis_keys.rate_limit(pipeline)) is None
+            return await redis_client.get(store.rate_limit(pipeline)) is None
 
         await eventually(override_gone, what="the rate-limit override removed")
         assert await cluster.get("Pipeline", "users") is None  # its finalizer released

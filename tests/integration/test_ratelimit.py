@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
-from sluiceway_common import codec, redis_keys, topology
+from sluiceway_common import codec, store, topology
 from sluiceway_fetcher.limiter import (
     GCRA_LUA,
     HELPERS_LUA,
@@ -43,9 +43,9 @@ pytestmark = pytest.mark.integration
 
 def rate_keys(pipeline: str) -> list[str]:
     return [
-        redis_keys.rate_last(pipeline),
-        redis_keys.rate_limit(pipeline),
-        redis_keys.rate_pause_until(pipeline),
+        store.rate_last(pipeline),
+        store.rate_limit(pipeline),
+        store.rate_pause_until(pipeline),
     ]
 
 
@@ -197,13 +197,13 @@ async def test_an_override_applies_at_once_and_a_bad_one_is_ignored(
 ) -> None:
     limiter = SharedLimiter(redis_client, pipeline, 1000)
     assert await limiter.override() is None
-    await redis_client.set(redis_keys.rate_limit(pipeline), "5")
+    await redis_client.set(store.rate_limit(pipeline), "5")
     assert await limiter.override() == 5
     times = await acquire_times(limiter, 4)
     assert times[-1] - times[0] >= 3 * 0.2 - 0.01
     for bad in ("0", "-3", "nan", "inf", "fast", "2000000"):
-        await redis_client.set(redis_keys.rate_limit(pipeline), bad)
-        await redis_client.delete(redis_keys.rate_last(pipeline))
+        await redis_client.set(store.rate_limit(pipeline), bad)
+        await redis_client.delete(store.rate_last(pipeline))
         assert await limiter.override() is None
         times = await acquire_times(limiter, 20)
         assert times[-1] - times[0] < 0.15, bad  # 1000/s, this fetcher's own
@@ -224,7 +224,7 @@ async def test_a_pause_holds_every_limiter_and_is_only_ever_extended(
         # A shorter pause asked for meanwhile does not cut it short.
         before, after = await waiting.pause(0.1)
         assert 0.9 < before <= after <= 1.0
-        ttl = await redis_client.pttl(redis_keys.rate_pause_until(pipeline))
+        ttl = await redis_client.pttl(store.rate_pause_until(pipeline))
         assert 1000 < ttl <= 2000  # the pause, and a second: gone soon after it ends
         times = await acquire_times(waiting, 3)
         assert times[0] >= paused_at + 1.0 - 0.01
@@ -237,12 +237,12 @@ async def test_the_state_expires_when_no_limit_could_still_space_from_it(
 ) -> None:
     loop = asyncio.get_running_loop()
     times = await acquire_times(SharedLimiter(redis_client, pipeline, 20), 3)
-    ttl = await redis_client.pttl(redis_keys.rate_last(pipeline))
+    ttl = await redis_client.pttl(store.rate_last(pipeline))
     # 100 s (the interval of the lowest limit) after the last slot, which is in the past or
     # at most AHEAD in the future.
     assert 100_000 - 1000 * (loop.time() - times[-1]) - 50 <= ttl <= 100_000 + 1000 * AHEAD
     # Nothing else is left behind by reserving.
-    assert not await redis_client.exists(redis_keys.rate_pause_until(pipeline))
+    assert not await redis_client.exists(store.rate_pause_until(pipeline))
 
 
 async def test_a_raised_limit_reaches_a_waiting_caller_within_a_second(
@@ -255,12 +255,12 @@ async def test_a_raised_limit_reaches_a_waiting_caller_within_a_second(
     await asyncio.sleep(0.3)
     assert not waiting.done()
     raised = loop.time()
-    await redis_client.set(redis_keys.rate_limit(pipeline), "100")
+    await redis_client.set(store.rate_limit(pipeline), "100")
     await asyncio.wait_for(waiting, timeout=2)
     # Spaced from the last slot at the new limit: no leftover of the old 5-second interval.
     assert loop.time() - raised <= RECHECK + 0.1
     # And lowered again: the next slot is an interval of the new limit after the last one.
-    await redis_client.set(redis_keys.rate_limit(pipeline), "2")
+    await redis_client.set(store.rate_limit(pipeline), "2")
     times = await acquire_times(limiter, 2)
     assert times[1] - times[0] >= 0.5 - 0.01
 
@@ -272,7 +272,7 @@ async def test_a_slot_its_caller_wakes_too_late_for_is_given_up(
     # time of the slots after it (another fetcher's, perhaps), but in a slot of its own.
     limiter = SharedLimiter(redis_client, pipeline, 10)  # one slot every 100 ms, no spare
     await limiter.acquire()
-    first_slot = await redis_client.get(redis_keys.rate_last(pipeline))
+    first_slot = await redis_client.get(store.rate_last(pipeline))
     waiting = asyncio.create_task(limiter.acquire())
     # Once the next slot is reserved (within AHEAD of its time) and handed to its caller,
     # which sleeps until it, the loop stalls. (Stalled between the script's run and the
@@ -280,7 +280,7 @@ async def test_a_slot_its_caller_wakes_too_late_for_is_given_up(
     async with asyncio.timeout(2):
         # Polled often: the slot is due 25 ms after it is reserved.
         while (  # noqa: ASYNC110
-            await redis_client.get(redis_keys.rate_last(pipeline)) == first_slot
+            await redis_client.get(store.rate_last(pipeline)) == first_slot
             or limiter._waiters  # not handed out yet
         ):
             await asyncio.sleep(0.002)
@@ -292,7 +292,7 @@ async def test_a_slot_its_caller_wakes_too_late_for_is_given_up(
     after_stall = limiter.late
     assert after_stall >= 1  # its slot given up (and the next too, if it also woke late)
     # The slot it went in was reserved after the stall, spaced from every other one.
-    last_slot = float(await redis_client.get(redis_keys.rate_last(pipeline)))
+    last_slot = float(await redis_client.get(store.rate_last(pipeline)))
     assert last_slot >= stalled_until - LATE
     # A caller on time is not counted: of ten more callers, a loaded machine may wake a few
     # late (each is then counted and takes another slot), but not all of them.
@@ -307,10 +307,10 @@ async def test_slots_are_spaced_for_a_little_under_the_limit(
     # Room for the shift between a slot and its request reaching the upstream (AIM).
     limiter = SharedLimiter(redis_client, pipeline, 40)  # no burst, no spare slots
     await limiter.acquire()
-    first = float(await redis_client.get(redis_keys.rate_last(pipeline)))
+    first = float(await redis_client.get(store.rate_last(pipeline)))
     for _ in range(10):
         await limiter.acquire()
-    last = float(await redis_client.get(redis_keys.rate_last(pipeline)))
+    last = float(await redis_client.get(store.rate_last(pipeline)))
     assert last - first == pytest.approx(10 / (40 * AIM), abs=1e-6)
     assert AIM < 1
 
@@ -351,7 +351,7 @@ async def test_a_429_with_retry_after_pauses_every_fetcher(
             lambda: _in_failed(redis_client, pipeline, "slow-down"), what="the 429 recorded"
         )
         # The pause is in Redis before the key is recorded as failed.
-        ttl = await redis_client.pttl(redis_keys.rate_pause_until(pipeline))
+        ttl = await redis_client.pttl(store.rate_pause_until(pipeline))
         assert ttl > 1000
         [(answered, _)] = upstream.arrivals
         await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task(k) for k in keys])
@@ -362,13 +362,13 @@ async def test_a_429_with_retry_after_pauses_every_fetcher(
     assert len(later) == len(keys)
     # Both fetchers' requests waited: none reached the upstream within its 2 seconds.
     assert min(later) >= answered + 2.0 - 0.01
-    info = await redis_client.hget(redis_keys.failed_info(pipeline), "slow-down")
+    info = await redis_client.hget(store.failed_info(pipeline), "slow-down")
     assert info is not None
     assert json.loads(info)["status"] == 429
 
 
 async def _in_failed(client: aioredis.Redis, pipeline: str, key: str) -> bool:
-    return bool(await client.sismember(redis_keys.failed_set(pipeline), key))
+    return bool(await client.sismember(store.failed_set(pipeline), key))
 
 
 async def _depth_is(connection: AbstractConnection, queue: str, count: int) -> bool:
@@ -418,7 +418,7 @@ async def test_redis_cut_off_stops_fetching_and_loses_nothing(
     assert sorted(key for _, key in upstream.arrivals) == sorted(
         [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(10)]
     )
-    assert await redis_client.scard(redis_keys.failed_set(pipeline)) == 0
+    assert await redis_client.scard(store.failed_set(pipeline)) == 0
     messages = [r.getMessage() for r in caplog.records]
     assert sum(m.startswith("rate limiter: Redis unreachable") for m in messages) == 1
     assert messages.count("rate limiter: Redis reachable again, fetching resumed") == 1
@@ -436,7 +436,7 @@ async def test_stopping_gives_back_the_tasks_waiting_for_the_limit(
 ) -> None:
     queues = topology.Queues(pipeline)
     upstream = Upstream()
-    await redis_client.set(redis_keys.rate_limit(pipeline), "0.2")  # one request per 5 s
+    await redis_client.set(store.rate_limit(pipeline), "0.2")  # one request per 5 s
     loop = asyncio.get_running_loop()
     async with upstream.serving() as source:
         async with running_fetcher(services.amqp, services.redis, pipeline, source):

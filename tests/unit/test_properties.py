@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluiceway_common import codec
-from sluiceway_fetcher.source import key_url
+from sluiceway_common.codec import key_url
 from sluiceway_writer.batcher import Batcher
 
 keys = st.text(min_size=1, max_size=200)

@@ -21,7 +21,7 @@ import httpx
 
 from sluiceway_common import amqp
 from sluiceway_common.settings import mask
-from sluiceway_common.status import queue_depths
+from sluiceway_common.topology import queue_depths
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from sluiceway_common import rate, redis_keys, topology
+from sluiceway_common import store, topology
 from sluiceway_common.settings import mask
 from sluiceway_operator import manifests, scaling
 from sluiceway_operator.broker import BrokerUnreachable, DepthReader
@@ -220,11 +220,10 @@ class Controller:
         if connections is not None and status.get("rateLimit") != spec.rate_limit:
             try:
                 assert self.redis is not None
-                await self.redis.set(redis_keys.rate_limit(spec.pipeline),
-                                     rate.limit_text(spec.rate_limit))  # fmt: skip
+                await store.RateKeys(self.redis, spec.pipeline).set_override(spec.rate_limit)
                 new["rateLimit"] = spec.rate_limit
                 await self.post(("Normal", "RateLimitSet",
-                                 f"{rate.limit_text(spec.rate_limit)} requests/s for every "
+                                 f"{store.limit_text(spec.rate_limit)} requests/s for every "
                                  "fetcher"))  # fmt: skip
                 set_condition(True, "RateLimitApplied", "Applied", "")
             except (redis.exceptions.RedisError, OSError) as exc:

@@ -16,7 +16,7 @@ import kopf
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from sluiceway_common import redis_keys
+from sluiceway_common import store
 from sluiceway_operator import crd, manifests, metrics
 from sluiceway_operator.controller import Controller, Event, SecretProblem, read_connections
 from sluiceway_operator.kube import Kube, KubeError
@@ -136,7 +136,7 @@ async def deleted(name: str, namespace: str | None, spec: kopf.Spec, memo: Any,
         return
     client = aioredis.Redis.from_url(connections.redis_url)
     try:
-        await client.delete(redis_keys.rate_limit(pipeline.pipeline))
+        await store.RateKeys(client, pipeline.pipeline).clear_override()
     except (redis.exceptions.RedisError, OSError) as exc:
         logger.warning("could not remove the rate-limit override from Redis: %s", exc)
     finally:

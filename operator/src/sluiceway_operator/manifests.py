@@ -13,6 +13,7 @@ import hashlib
 import math
 from typing import Any
 
+from sluiceway_common.store import limit_text
 from sluiceway_operator.spec import Image, PipelineSpec, Resources
 
 # The labels Kubernetes limits names in (a Job's name becomes its pods' job-name label).
@@ -152,7 +153,7 @@ def config_map(spec: PipelineSpec) -> dict[str, Any]:
         "kind": "ConfigMap",
         "metadata": {"name": config_name(spec), "namespace": spec.namespace,
                      "labels": labels(spec, "config")},
-        "data": {"SLUICEWAY_RATE_LIMIT": f"{spec.rate_limit:g}"},
+        "data": {"SLUICEWAY_RATE_LIMIT": limit_text(spec.rate_limit)},
     }  # fmt: skip
 
 

@@ -19,7 +19,7 @@ def restore_logging() -> Iterator[None]:
     """logs.setup() changes the root logger and the secret list: put them back afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    levels = {name: logging.getLogger(name).level for name in (*logs.PACKAGES, "aiormq")}
+    levels = {name: logging.getLogger(name).level for name in (*logs.packages(), "aiormq")}
     secrets = set(logs._secrets)
     tools = logging.getLogger("aio_pika.tools")
     filters = tools.filters[:]
@@ -97,6 +97,9 @@ def test_the_level_is_honoured_for_sluiceway_and_the_libraries(restore_logging: 
     assert not logging.getLogger("aio_pika").isEnabledFor(logging.WARNING)
     logs.setup("DEBUG", json_lines=True)
     assert logging.getLogger("sluiceway_writer.consumer").isEnabledFor(logging.DEBUG)
+    # Every member that offers a command is sluiceway's own, the admin commands included.
+    for member in ("admin", "common", "fetcher", "operator", "sample_api", "writer"):
+        assert logging.getLogger(f"sluiceway_{member}.x").isEnabledFor(logging.DEBUG), member
     # The libraries stay at WARNING: their debug output is not sluiceway's to show.
     assert not logging.getLogger("aio_pika").isEnabledFor(logging.INFO)
     assert logging.getLogger("aio_pika").isEnabledFor(logging.WARNING)

@@ -3,8 +3,9 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from sluiceway_common.codec import key_url
 from sluiceway_fetcher.config import source_headers, source_template
-from sluiceway_fetcher.source import Failed, Fetched, classify, key_url, retry_after
+from sluiceway_fetcher.source import Failed, Fetched, classify, retry_after
 
 
 @pytest.mark.parametrize(

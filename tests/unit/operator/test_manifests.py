@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sluiceway_common import store
 from sluiceway_operator import crd, manifests
 from sluiceway_operator.controller import job_state, migration_retry_delay
 from sluiceway_operator.spec import InvalidSpec, parse
@@ -144,6 +145,16 @@ def test_pods_run_unprivileged_and_read_secrets_only_by_reference() -> None:
                 if var["name"].endswith(("_URL", "HEADERS")) and var["name"] != (
                         "SLUICEWAY_SOURCE_URL"):  # fmt: skip
                     assert "secretKeyRef" in var["valueFrom"], var
+
+
+@pytest.mark.parametrize("limit", [2.345678, 40.0, 0.01, 1_000_000.0, 123456.789])
+def test_new_fetchers_start_with_the_limit_the_running_ones_get_from_redis(limit: float) -> None:
+    # The ConfigMap and the Redis override are one number in one text form: a new pod and
+    # a running one never disagree on the limit by a rounding.
+    data = manifests.config_map(parse("users", "data", minimal(source={
+        "url": "https://x/{key}", "rateLimit": limit})))["data"]  # fmt: skip
+    assert data["SLUICEWAY_RATE_LIMIT"] == store.limit_text(limit)
+    assert float(data["SLUICEWAY_RATE_LIMIT"]) == limit
 
 
 def test_a_new_writer_image_gets_its_own_migration_job_and_long_names_are_cut() -> None:

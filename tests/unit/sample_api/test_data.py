@@ -1,5 +1,5 @@
+from sluiceway_admin.demo import demo_keys
 from sluiceway_sample_api.data import fraction, is_missing, user
-from sluiceway_sample_api.demo import demo_keys
 
 
 def test_user_is_a_pure_function_of_the_key() -> None:

@@ -10,5 +10,9 @@ Vocabulary used across the code base:
 * a *dead letter* is a message the writer could not land, kept on
   ``sluiceway.<pipeline>.records.dead`` with the reason.
 
-This package imports no service: the fetcher, the writer and the sample API import it.
+This package imports no member: every other member of the workspace imports it.
 """
+
+# The entry-point group through which each installed member offers its ``sluiceway``
+# subcommands (its ``[project.entry-points."sluiceway.commands"]``).
+COMMAND_GROUP = "sluiceway.commands"

@@ -2,8 +2,9 @@
 
 Subcommands are found through the ``sluiceway.commands`` entry point group, so each package
 contributes its own (the fetcher ``fetcher``, the writer ``writer`` and ``migrate``, …) and
-this library never imports a service. An image that installs only one service offers only
-that service's subcommands and the shared ones.
+this library never imports a member. An image that installs only one member offers only that
+member's subcommands. The dispatcher lives in the library because every image needs it and
+it holds no command of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+from sluiceway_common import COMMAND_GROUP
 from sluiceway_common.lifecycle import StartupError
 from sluiceway_common.settings import ConfigError
 
@@ -35,7 +37,7 @@ class Command:
 def commands(only: str | None = None) -> dict[str, Command]:
     """The installed subcommands; with ``only``, just that one when it is installed, since
     loading a command imports its package and its dependencies."""
-    entries = list(entry_points(group="sluiceway.commands"))
+    entries = list(entry_points(group=COMMAND_GROUP))
     if only is not None and any(entry.name == only for entry in entries):
         entries = [entry for entry in entries if entry.name == only]
     found = {}

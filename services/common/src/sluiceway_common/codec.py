@@ -6,6 +6,10 @@ UTF-8 JSON with content type ``application/json``. A records-queue message holds
 object or, *packed*, a JSON array of them; ``content_encoding`` ``gzip`` or ``zstd`` marks a
 compressed body. Anyone may publish to the records queue through the default exchange, so
 decoding trusts nothing.
+
+A key reaches the upstream in a URL as one percent-encoded path segment or query value
+(:func:`key_url`): the fetcher builds its requests so, and the demo checks what it landed
+against the same URLs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import zstandard
@@ -27,6 +32,17 @@ import zstandard
 RETRY_HEADER = "x-sluiceway-retry"
 # Which attempt at its key a fetch task is (absent: the first).
 ATTEMPT_HEADER = "x-sluiceway-attempt"
+
+
+def key_url(template: str, key: str) -> str:
+    """The URL of ``key``: every character outside the unreserved set is percent-encoded,
+    so a key stays one path segment or query value (``a/b`` becomes ``a%2Fb``). A key that is
+    all dots (``.``, ``..``) has its dots encoded too: as a path segment the client would
+    otherwise resolve it, and ``/users/..`` would fetch ``/``."""
+    encoded = quote(key, safe="")
+    if not encoded.strip("."):
+        encoded = "%2E" * len(encoded)
+    return template.replace("{key}", encoded)
 
 
 class BadMessage(ValueError):

@@ -14,8 +14,11 @@ import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from importlib.metadata import entry_points
 
 import orjson
+
+from sluiceway_common import COMMAND_GROUP
 
 # scheme://user:password@ -- the password runs to the last '@' before the host.
 URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*:)[^\s/]*@")
@@ -69,10 +72,12 @@ class TextFormatter(logging.Formatter):
 
 # Every package of sluiceway's logs at the level asked for; the libraries underneath at
 # WARNING (or the level asked for, when that is higher).
-PACKAGES = (
-    "sluiceway_common", "sluiceway_fetcher", "sluiceway_writer", "sluiceway_sample_api",
-    "sluiceway_operator",
-)  # fmt: skip
+
+
+def packages() -> set[str]:
+    """sluiceway's own packages here: the library and each installed member with commands."""
+    found = {entry.module.partition(".")[0] for entry in entry_points(group=COMMAND_GROUP)}
+    return found | {__name__.partition(".")[0]}
 
 
 def setup(level: str, *, json_lines: bool | None = None, secrets: Iterable[str] = ()) -> None:
@@ -86,7 +91,7 @@ def setup(level: str, *, json_lines: bool | None = None, secrets: Iterable[str] 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level]))
-    for name in PACKAGES:
+    for name in packages():
         logging.getLogger(name).setLevel(level)
     # aiormq logs each failed connection attempt as an error of its own; sluiceway says it
     # once (at start-up) and aio-pika's robust connection warns of each reconnect.
@@ -106,5 +111,5 @@ class ChannelReopenNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and "RobustChannel._on_close" in record.getMessage():
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(PACKAGES[0]).isEnabledFor(logging.DEBUG)
+            return logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
         return True

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractQueue
+import aio_pika.exceptions
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 # The delays, in seconds, a fetch task can wait before its next attempt: one queue each,
 # so that every message in a queue waits as long as the one before it (RabbitMQ expires
@@ -97,3 +98,34 @@ def persistent(body: bytes, **properties: Any) -> aio_pika.Message:
         content_type="application/json",
         **properties,
     )
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """A queue as a passive declare sees it: ready messages only, not those a consumer
+    holds unacknowledged; a queue not declared yet is absent."""
+
+    name: str
+    exists: bool
+    ready: int
+    consumers: int
+
+
+async def queue_depths(connection: AbstractConnection, names: tuple[str, ...]) -> list[QueueDepth]:
+    """Each of ``names`` as the broker sees it now (see :class:`QueueDepth`)."""
+    depths = []
+    for name in names:
+        # A passive declare of a missing queue closes its channel, so each gets its own.
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(name, passive=True)
+            result = queue.declaration_result
+            depths.append(
+                QueueDepth(name, True, result.message_count or 0, result.consumer_count or 0)
+            )
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            depths.append(QueueDepth(name, False, 0, 0))
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    return depths

@@ -21,12 +21,11 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import httpx
-import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from sluiceway_common import amqp, codec, logs, redis_keys, topology
+from sluiceway_common import amqp, codec, logs, store, topology
 from sluiceway_fetcher.limiter import LimiterClosed, SharedLimiter
 from sluiceway_fetcher.metrics import Timings
 from sluiceway_fetcher.packer import Packer
@@ -75,7 +74,7 @@ class Fetcher:
         self._queues = queues
         self._packer = packer
         self._http = http
-        self._redis = redis_client
+        self._failed = store.FailedSet(redis_client, queues.pipeline)
         self._limiter = limiter
         self._source_url = source_url
         self.inflight: set[asyncio.Task[object]] = set()
@@ -182,12 +181,8 @@ class Fetcher:
         """A retried key landed: it leaves the failed set. Should Redis be away, the key stays
         listed as failed although its record landed, which a later retry settles; the task
         is acked all the same, since its record is safe."""
-        pipeline = self._queues.pipeline
         try:
-            async with self._redis.pipeline(transaction=True) as tx:
-                tx.srem(redis_keys.failed_set(pipeline), key)
-                tx.hdel(redis_keys.failed_info(pipeline), key)
-                await tx.execute()
+            await self._failed.forget(key)
         except redis.exceptions.RedisError as exc:
             log.warning("retried key %r landed but stays in the failed set, Redis: %s", key, exc)
 
@@ -199,8 +194,4 @@ class Fetcher:
             "attempts": attempts,
             "at": datetime.now(UTC).isoformat(),
         }
-        pipeline = self._queues.pipeline
-        async with self._redis.pipeline(transaction=True) as tx:
-            tx.sadd(redis_keys.failed_set(pipeline), key)
-            tx.hset(redis_keys.failed_info(pipeline), key, orjson.dumps(info))
-            await tx.execute()
+        await self._failed.add(key, info)

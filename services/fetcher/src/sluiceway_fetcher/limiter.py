@@ -6,7 +6,7 @@ arithmetic of :class:`sluiceway_fetcher.ratelimit.Gcra`, on Redis's own clock, s
 fetchers' clocks never matter. Within a process one reservation is in flight at a time, for
 every request then waiting (see :class:`SharedLimiter`).
 
-Redis keys (:mod:`sluiceway_common.redis_keys`): ``rate:last`` (the state; it expires once
+Redis keys (:class:`sluiceway_common.store.RateKeys`): ``rate:last`` (the state; it expires once
 stale), ``rate:limit`` (``sluiceway rate set``; absent, each fetcher's own
 ``SLUICEWAY_RATE_LIMIT`` applies) and ``rate:pause_until`` (an upstream's Retry-After).
 """
@@ -21,8 +21,7 @@ from collections import deque
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from sluiceway_common import redis_keys
-from sluiceway_common.settings import RATE_LIMIT
+from sluiceway_common.store import RateKeys
 from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE
 
 log = logging.getLogger(__name__)
@@ -141,14 +140,10 @@ class SharedLimiter:
     """
 
     def __init__(self, client: aioredis.Redis, pipeline: str, rate: float) -> None:
-        self._client = client
         self._reserve = client.register_script(RESERVE_LUA)
         self._pause = client.register_script(PAUSE_LUA)
-        self._keys = (
-            redis_keys.rate_last(pipeline),
-            redis_keys.rate_limit(pipeline),
-            redis_keys.rate_pause_until(pipeline),
-        )
+        self._rate_keys = RateKeys(client, pipeline)
+        self._keys = self._rate_keys.script_keys
         self._args = (repr(float(rate)), repr(BURST), repr(AHEAD), repr(SPARE), repr(AIM))
         # The run: slots at first + i * interval for next <= i < count (loop time).
         self._first = 0.0
@@ -196,18 +191,14 @@ class SharedLimiter:
         pause is on); return how long the pause had left before, and has left now."""
         # This fetcher's spare slots go at once; the other fetchers' pass within SPARE.
         self._next = self._count
-        before, after = await self._pause(keys=[self._keys[2]], args=[repr(float(seconds))])
+        before, after = await self._pause(
+            keys=[self._rate_keys.pause_until], args=[repr(float(seconds))]
+        )
         return float(before), float(after)
 
     async def override(self) -> float | None:
         """The limit set with ``sluiceway rate set``, when one is."""
-        value = await self._client.get(self._keys[1])
-        if value is None:
-            return None
-        try:
-            return float(RATE_LIMIT.parse(value.decode() if isinstance(value, bytes) else value))
-        except ValueError:
-            return None  # ignored by the limiter too
+        return await self._rate_keys.override()
 
     def close(self) -> None:
         """Stop handing out slots: every caller still waiting for one gets

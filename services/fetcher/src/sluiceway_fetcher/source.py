@@ -7,25 +7,14 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote
 
 import httpx
 import orjson
 
+from sluiceway_common.codec import key_url
 from sluiceway_fetcher.transport import BodyTooLarge
 
 log = logging.getLogger(__name__)
-
-
-def key_url(template: str, key: str) -> str:
-    """The URL of ``key``: every character outside the unreserved set is percent-encoded,
-    so a key stays one path segment or query value (``a/b`` becomes ``a%2Fb``). A key that is
-    all dots (``.``, ``..``) has its dots encoded too: as a path segment the client would
-    otherwise resolve it, and ``/users/..`` would fetch ``/``."""
-    encoded = quote(key, safe="")
-    if not encoded.strip("."):
-        encoded = "%2E" * len(encoded)
-    return template.replace("{key}", encoded)
 
 
 @dataclass(frozen=True, slots=True)

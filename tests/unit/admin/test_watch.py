@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from sluiceway_common.status import QueueDepth, Status
-from sluiceway_common.topology import Queues
-from sluiceway_common.watch import History, Screen, document, duration, render, trend
+from sluiceway_admin.reading import Status
+from sluiceway_admin.watch import History, Screen, document, duration, render, trend
+from sluiceway_common.topology import QueueDepth, Queues
 
 Q = Queues("p")
 

@@ -12,39 +12,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from sluiceway_common import amqp, codec, logs, redis_keys, settings, topology
+from sluiceway_common import amqp, codec, logs, settings, store, topology
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach
 from sluiceway_common.publisher import ConfirmedPublisher
 
 OPTIONS = (settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE, settings.LOG_LEVEL)
-CHUNK = 500
 
 
-async def failed_keys(client: aioredis.Redis, pipeline: str) -> AsyncIterator[list[str]]:
-    keys: list[str] = []
-    async for raw in client.sscan_iter(redis_keys.failed_set(pipeline), count=CHUNK):
-        keys.append(raw.decode())
-        if len(keys) == CHUNK:
-            yield keys
-            keys = []
-    if keys:
-        yield keys
-
-
-async def list_failed(redis_url: str, pipeline: str) -> list[tuple[str, dict[str, object]]]:
+async def list_failed(redis_url: str, pipeline: str) -> list[tuple[str, dict[str, Any]]]:
     client = aioredis.Redis.from_url(redis_url)
     try:
-        found = []
-        async for keys in failed_keys(client, pipeline):
-            infos = await client.hmget(redis_keys.failed_info(pipeline), keys)
-            for key, info in zip(keys, infos, strict=True):
-                found.append((key, orjson.loads(info) if info else {}))
+        failed = store.FailedSet(client, pipeline)
+        found: list[tuple[str, dict[str, Any]]] = []
+        async for keys in failed.chunks():
+            found.extend(zip(keys, await failed.infos(keys), strict=True))
         return sorted(found)
     finally:
         await client.aclose()
@@ -56,6 +43,7 @@ async def retry_failed(
     """Re-enqueue the failed keys (those whose reason holds ``reason``, when given)."""
     queues = topology.Queues(pipeline)
     client = aioredis.Redis.from_url(redis_url)
+    failed = store.FailedSet(client, pipeline)
     connection = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "failed-retry"))
     retried = 0
     try:
@@ -63,13 +51,13 @@ async def retry_failed(
         await topology.declare(channel, queues)
         retry_task = topology.persistent(b"", headers={codec.RETRY_HEADER: 1}).properties
         publisher = ConfirmedPublisher(channel, queues.fetch, properties=retry_task)
-        async for keys in failed_keys(client, pipeline):
+        async for keys in failed.chunks():
             if reason is not None:
-                infos = await client.hmget(redis_keys.failed_info(pipeline), keys)
+                infos = await failed.infos(keys)
                 keys = [
                     key
                     for key, info in zip(keys, infos, strict=True)
-                    if info and reason in str(orjson.loads(info).get("reason", ""))
+                    if reason in str(info.get("reason", ""))
                 ]
             for key in keys:
                 await publisher.publish(codec.encode_task(key))
@@ -85,11 +73,7 @@ async def retry_failed(
 async def clear_failed(redis_url: str, pipeline: str) -> int:
     client = aioredis.Redis.from_url(redis_url)
     try:
-        async with client.pipeline(transaction=True) as tx:
-            tx.scard(redis_keys.failed_set(pipeline))
-            tx.delete(redis_keys.failed_set(pipeline), redis_keys.failed_info(pipeline))
-            count, _ = await tx.execute()
-        return int(count)
+        return await store.FailedSet(client, pipeline).clear()
     finally:
         await client.aclose()
 

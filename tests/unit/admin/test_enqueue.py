@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from sluiceway_common import enqueue
-from sluiceway_common.enqueue import MAX_KEY_BYTES, BadInput, read_keys
+from sluiceway_admin import enqueue
+from sluiceway_admin.enqueue import MAX_KEY_BYTES, BadInput, read_keys
 
 
 async def keys_of(stream: io.BufferedIOBase) -> list[tuple[int, str]]:

@@ -6,7 +6,7 @@ the *fetch drain* is how many fewer fetch tasks wait (on the fetch queue and the
 each second, negative while keys are enqueued faster than they are fetched; the *records
 drain* likewise for record messages; the *write rate* is rows landed per second (in
 ``records``, plus ``records_buffer`` in buffered mode). Queue depths count ready messages
-only (see :mod:`sluiceway_common.status`). Everything here is pure except :class:`Screen`.
+only (see :mod:`sluiceway_admin.reading`). Everything here is pure except :class:`Screen`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
+from sluiceway_admin.reading import Status
 from sluiceway_common.topology import Queues
-
-if TYPE_CHECKING:
-    from sluiceway_common.status import Status
 
 # Where the queue depths come from, said with every view and JSON document: the operator's
 # issue brings RabbitMQ's management API, which also counts unacknowledged messages.

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from sluiceway_common import progress
-from sluiceway_common.progress import Progress
+from sluiceway_admin import progress
+from sluiceway_admin.progress import Progress
 
 
 class Terminal(io.StringIO):

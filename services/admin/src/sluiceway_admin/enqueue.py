@@ -12,10 +12,10 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
+from sluiceway_admin.progress import Progress
 from sluiceway_common import amqp, codec, logs, settings, topology
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach
-from sluiceway_common.progress import Progress
 from sluiceway_common.publisher import ConfirmedPublisher
 
 log = logging.getLogger(__name__)

@@ -12,31 +12,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import orjson
 import redis.asyncio as aioredis
 
-from sluiceway_common import redis_keys, settings
+from sluiceway_common import settings, store
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach
 from sluiceway_common.settings import ConfigError
+from sluiceway_common.store import RateState, limit_text
 
 OPTIONS = (
     replace(settings.REDIS_URL, help="Redis holding the pipeline's rate limit"),
     settings.PIPELINE,
 )
-
-
-@dataclass(frozen=True)
-class RateState:
-    limit: float | None  # the override; None when each fetcher uses its own setting
-    paused_for: float  # seconds the upstream's pause has left; 0 when none
-
-
-def limit_text(value: float) -> str:
-    """How a limit is written to Redis and shown: ``40``, ``2.5``, never ``4e+01``."""
-    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def parse_limit(text: str | None) -> float:
@@ -51,31 +41,17 @@ def parse_limit(text: str | None) -> float:
         ) from None
 
 
-async def read(client: aioredis.Redis, pipeline: str) -> RateState:
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.time()
-        pipe.get(redis_keys.rate_limit(pipeline))
-        pipe.get(redis_keys.rate_pause_until(pipeline))
-        (seconds, micros), limit, pause_until = await pipe.execute()
-    try:
-        # A value the fetchers would ignore (written by hand) is shown as no override.
-        override = float(settings.RATE_LIMIT.parse(limit.decode())) if limit else None
-    except ValueError:
-        override = None
-    now = seconds + micros / 1_000_000
-    return RateState(override, max(float(pause_until) - now, 0.0) if pause_until else 0.0)
-
-
 async def act(redis_url: str, pipeline: str, action: str, value: float | None) -> RateState:
     client = aioredis.Redis.from_url(redis_url)
     try:
         await reach("Redis", redis_url, client.ping())
+        keys = store.RateKeys(client, pipeline)
         if action == "set":
             assert value is not None
-            await client.set(redis_keys.rate_limit(pipeline), limit_text(value))
+            await keys.set_override(value)
         elif action == "clear":
-            await client.delete(redis_keys.rate_limit(pipeline))
-        return await read(client, pipeline)
+            await keys.clear_override()
+        return await keys.read()
     finally:
         await client.aclose()
 
