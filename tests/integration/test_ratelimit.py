@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from sluiceway_common import codec, store, topology
+from sluiceway_common.settings import RATE_LIMIT
 from sluiceway_fetcher.limiter import (
     GCRA_LUA,
     HELPERS_LUA,
@@ -201,7 +202,11 @@ async def test_an_override_applies_at_once_and_a_bad_one_is_ignored(
     assert await limiter.override() == 5
     times = await acquire_times(limiter, 4)
     assert times[-1] - times[0] >= 3 * 0.2 - 0.01
-    for bad in ("0", "-3", "nan", "inf", "fast", "2000000"):
+    # Just outside SLUICEWAY_RATE_LIMIT's bounds too: the script takes them from the setting.
+    bounds = RATE_LIMIT.bounds
+    assert bounds is not None
+    outside = (repr(bounds.low * 0.99), repr(bounds.high * 1.01))
+    for bad in ("0", "-3", "nan", "inf", "fast", "2000000", *outside):
         await redis_client.set(store.rate_limit(pipeline), bad)
         await redis_client.delete(store.rate_last(pipeline))
         assert await limiter.override() is None

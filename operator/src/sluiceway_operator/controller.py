@@ -26,7 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from sluiceway_common import store, topology
+from sluiceway_common import settings, store, topology
 from sluiceway_common.settings import mask
 from sluiceway_operator import manifests, scaling
 from sluiceway_operator.broker import BrokerUnreachable, DepthReader
@@ -223,7 +223,7 @@ class Controller:
                 await store.RateKeys(self.redis, spec.pipeline).set_override(spec.rate_limit)
                 new["rateLimit"] = spec.rate_limit
                 await self.post(("Normal", "RateLimitSet",
-                                 f"{store.limit_text(spec.rate_limit)} requests/s for every "
+                                 f"{settings.plain(spec.rate_limit)} requests/s for every "
                                  "fetcher"))  # fmt: skip
                 set_condition(True, "RateLimitApplied", "Applied", "")
             except (redis.exceptions.RedisError, OSError) as exc:

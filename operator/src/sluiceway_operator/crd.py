@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sluiceway_common import settings
+
 GROUP = "sluiceway.io"
 VERSION = "v1alpha1"
 KIND = "Pipeline"
@@ -47,8 +49,18 @@ def _int(description: str, minimum: int, maximum: int, default: int | None = Non
     return schema
 
 
-def _num(description: str, minimum: float, maximum: float, default: float) -> dict[str, Any]:
-    return {"type": "number", "minimum": minimum, "maximum": maximum, "default": default,
+def _setting(option: settings.Option, description: str) -> dict[str, Any]:
+    """A field that reaches the pods as ``option``: its type, bounds and default are the
+    option's, so a Pipeline the API server accepts never gives a pod a value it refuses."""
+    bounds, default = option.bounds, option.default
+    if bounds is None or default is None:
+        raise TypeError(f"{option.env} has no bounds or no default for a Pipeline field")
+
+    def exact(value: float) -> float:
+        return int(value) if float(value).is_integer() else value
+
+    return {"type": "integer" if bounds.integral else "number", "minimum": exact(bounds.low),
+            "maximum": exact(bounds.high), "default": exact(bounds(default)),
             "description": description}  # fmt: skip
 
 
@@ -94,23 +106,26 @@ SPEC = _obj({
         "url": _str("the upstream URL with {key} where each key goes, e.g. "
                     "https://api.example.com/users/{key}", minLength=1, maxLength=2048,
                     pattern="\\{key\\}"),
-        "rateLimit": _num("requests per second to the upstream for the whole pipeline; "
-                          "a change reaches the running fetchers without a restart",
-                          0.01, 1_000_000, 10),
+        "rateLimit": _setting(settings.RATE_LIMIT,
+                              "requests per second to the upstream for the whole pipeline; "
+                              "a change reaches the running fetchers without a restart"),
         "headersSecret": _str("Secret whose key HEADERS holds the request headers as a JSON "
                               "object (tokens)", pattern=OBJECT_NAME_PATTERN),
     }, required=("url",), description="the upstream API"),
     "fetcher": _obj({
         "replicas": _int("fetcher pods", 0, 1000, 1),
-        "concurrency": _int("requests in flight per fetcher pod", 1, 4096, 32),
-        "maxAttempts": _int("attempts per key before it goes to the failed set", 1, 20, 5),
-        "requestTimeoutSeconds": _num("timeout of one upstream request", 0.1, 600, 30),
+        "concurrency": _setting(settings.CONCURRENCY, "requests in flight per fetcher pod"),
+        "maxAttempts": _setting(settings.MAX_ATTEMPTS,
+                                "attempts per key before it goes to the failed set"),
+        "requestTimeoutSeconds": _setting(settings.REQUEST_TIMEOUT,
+                                          "timeout of one upstream request"),
         "image": _image("this component's image, instead of spec.image"),
         "resources": RESOURCES,
     }, default={}, description="the fetcher Deployment"),
     "writer": _obj({
-        "batchSize": _int("rows per batch", 1, 30_000, 500),
-        "batchTimeoutSeconds": _num("the longest a row waits for its batch", 0.001, 3600, 1.0),
+        "batchSize": _setting(settings.BATCH_SIZE, "rows per batch"),
+        "batchTimeoutSeconds": _setting(settings.BATCH_TIMEOUT,
+                                        "the longest a row waits for its batch"),
         "writeMode": {"type": "string", "enum": ["direct", "buffered"], "default": "direct",
                       "description": "direct: each batch upserts into records; buffered: "
                                      "batches append to records_buffer, one merger moves them"},

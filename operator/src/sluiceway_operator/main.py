@@ -19,8 +19,8 @@ from sluiceway_operator import crd
 NAMESPACES = settings.Option(
     "SLUICEWAY_OPERATOR_NAMESPACES",
     lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
-    "a comma-separated list of namespaces, or empty for all",
     "namespaces whose Pipelines the operator serves (empty: every namespace)",
+    allowed="a comma-separated list of namespaces, or empty for all",
     default="",
 )
 OPTIONS = (NAMESPACES, settings.METRICS_PORT, settings.LOG_LEVEL)

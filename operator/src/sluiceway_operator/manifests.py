@@ -13,7 +13,7 @@ import hashlib
 import math
 from typing import Any
 
-from sluiceway_common.store import limit_text
+from sluiceway_common.settings import plain
 from sluiceway_operator.spec import Image, PipelineSpec, Resources
 
 # The labels Kubernetes limits names in (a Job's name becomes its pods' job-name label).
@@ -153,7 +153,7 @@ def config_map(spec: PipelineSpec) -> dict[str, Any]:
         "kind": "ConfigMap",
         "metadata": {"name": config_name(spec), "namespace": spec.namespace,
                      "labels": labels(spec, "config")},
-        "data": {"SLUICEWAY_RATE_LIMIT": limit_text(spec.rate_limit)},
+        "data": {"SLUICEWAY_RATE_LIMIT": plain(spec.rate_limit)},
     }  # fmt: skip
 
 
@@ -162,7 +162,7 @@ def fetcher_deployment(spec: PipelineSpec) -> dict[str, Any]:
         *_connections(spec, "AMQP_URL", "REDIS_URL"),
         *_env(PIPELINE=spec.pipeline, SOURCE_URL=spec.source_url,
               CONCURRENCY=spec.fetcher.concurrency, MAX_ATTEMPTS=spec.fetcher.max_attempts,
-              REQUEST_TIMEOUT=f"{spec.fetcher.request_timeout:g}"),
+              REQUEST_TIMEOUT=plain(spec.fetcher.request_timeout)),
         # Read once at start-up; the running fetchers follow the limit in Redis.
         {"name": "SLUICEWAY_RATE_LIMIT", "valueFrom": {"configMapKeyRef": {
             "name": config_name(spec), "key": "SLUICEWAY_RATE_LIMIT"}}},
@@ -189,7 +189,7 @@ def writer_deployment(spec: PipelineSpec, replicas: int, image: str | None = Non
     env = [
         *_connections(spec, "AMQP_URL", "DATABASE_URL"),
         *_env(PIPELINE=spec.pipeline, BATCH_SIZE=spec.writer.batch_size,
-              BATCH_TIMEOUT=f"{spec.writer.batch_timeout:g}", WRITE_MODE=spec.writer.write_mode),
+              BATCH_TIMEOUT=plain(spec.writer.batch_timeout), WRITE_MODE=spec.writer.write_mode),
     ]  # fmt: skip
     container = _served(_container(spec, "writer", spec.writer.image, ["writer"], env,
                                    spec.writer.resources))  # fmt: skip

@@ -8,7 +8,6 @@ from sluiceway_common.settings import ConfigError
 SIZE = settings.Option(
     "SLUICEWAY_BATCH_SIZE",
     settings.integer(1, 10),
-    "an integer from 1 to 10",
     "batch size",
     default="5",
 )
@@ -46,7 +45,7 @@ def test_bad_flag_names_the_flag() -> None:
 
 
 def test_missing_required_value() -> None:
-    option = settings.Option("SLUICEWAY_SOURCE_URL", str, "a URL", "source")
+    option = settings.Option("SLUICEWAY_SOURCE_URL", str, "source", allowed="a URL")
     with pytest.raises(ConfigError, match="SLUICEWAY_SOURCE_URL is not set: expected a URL"):
         settings.resolve(None, (option,), {})
 

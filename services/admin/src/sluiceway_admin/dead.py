@@ -1,3 +1,5 @@
+# Over 300 lines on purpose: list, replay and purge share one reading of the dead queue
+# (take without ack, give back, confirm before ack), which splitting would spread out.
 """``sluiceway dead list|replay|purge``: the records that could not land.
 
 A *dead letter* is a message on ``sluiceway.<pipeline>.records.dead``: the body and properties

@@ -1,3 +1,5 @@
+# Over 300 lines on purpose: the demo is one script read top to bottom (start the processes,
+# watch, ask the sample API, stop, check), and its parts are used nowhere else.
 """``sluiceway demo``: the whole pipeline end to end on the sample API (what ``make run`` runs).
 
 It runs the real processes, as an operator would: ``sluiceway migrate``, ``sample-api``, one
@@ -34,37 +36,26 @@ from sluiceway_admin import watch as view
 from sluiceway_admin.reading import StatusReader
 from sluiceway_common import amqp, codec, settings, store, topology
 from sluiceway_common.cli import Command
-from sluiceway_common.settings import Option
+from sluiceway_common.settings import Option, setting
 
-OPTIONS = (
-    settings.DATABASE_URL,
-    settings.AMQP_URL,
-    settings.REDIS_URL,
-    replace(settings.PIPELINE, default="demo", help="pipeline the demo empties, then uses"),
-    Option(
-        "SLUICEWAY_DEMO_KEYS",
-        settings.integer(1, 10_000_000),
-        "an integer from 1 to 10000000",
-        "how many keys to push through",
-        default="20000",
-    ),
-    replace(settings.RATE_LIMIT, default="5000"),
-    settings.BATCH_SIZE,
-    settings.BATCH_TIMEOUT,
-    Option(
-        "SLUICEWAY_DEMO_STALL_SECONDS",
-        settings.number(1, 3600),
-        "seconds, a number from 1 to 3600",
-        "give up when nothing moves for this long",
-        default="60",
-    ),
-    Option(
-        "SLUICEWAY_DEMO_LOG_DIR",
-        Path,
-        "a directory path",
-        "where the processes' logs go",
-        default=".run/logs",
-    ),
+DEMO_KEYS = Option(
+    "SLUICEWAY_DEMO_KEYS",
+    settings.integer(1, 10_000_000),
+    "how many keys to push through",
+    default="20000",
+)
+DEMO_STALL_SECONDS = Option(
+    "SLUICEWAY_DEMO_STALL_SECONDS",
+    settings.number(1, 3600, unit="seconds"),
+    "give up when nothing moves for this long",
+    default="60",
+)
+DEMO_LOG_DIR = Option(
+    "SLUICEWAY_DEMO_LOG_DIR",
+    Path,
+    "where the processes' logs go",
+    allowed="a directory path",
+    default=".run/logs",
 )
 STOP_TIMEOUT = 30.0
 # The sample API's share of keys answered 404, unless the environment sets one: a few keys
@@ -77,17 +68,19 @@ CHECK_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
-class DemoSettings:
-    database_url: str
-    amqp_url: str
-    redis_url: str
-    pipeline: str
-    demo_keys: int
-    rate_limit: float
-    batch_size: int
-    batch_timeout: float
-    demo_stall_seconds: float
-    demo_log_dir: Path
+class DemoSettings(settings.Settings):
+    database_url: str = setting(settings.DATABASE_URL)
+    amqp_url: str = setting(settings.AMQP_URL)
+    redis_url: str = setting(settings.REDIS_URL)
+    pipeline: str = setting(
+        replace(settings.PIPELINE, default="demo", help="pipeline the demo empties, then uses")
+    )
+    demo_keys: int = setting(DEMO_KEYS)
+    rate_limit: float = setting(replace(settings.RATE_LIMIT, default="5000"))
+    batch_size: int = setting(settings.BATCH_SIZE)
+    batch_timeout: float = setting(settings.BATCH_TIMEOUT)
+    demo_stall_seconds: float = setting(DEMO_STALL_SECONDS)
+    demo_log_dir: Path = setting(DEMO_LOG_DIR)
 
 
 class DemoFailed(Exception):
@@ -358,11 +351,11 @@ class Demo:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    settings.add_options(parser, OPTIONS)
+    settings.add_options(parser, DemoSettings.options())
 
 
 def run(args: argparse.Namespace) -> int:
-    config = DemoSettings(**settings.resolve(args, OPTIONS))
+    config = DemoSettings.from_args(args)
     try:
         return asyncio.run(Demo(config).run())
     except DemoFailed as exc:

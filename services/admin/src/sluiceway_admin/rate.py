@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from sluiceway_common import settings, store
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach
-from sluiceway_common.settings import ConfigError
-from sluiceway_common.store import RateState, limit_text
+from sluiceway_common.settings import ConfigError, plain
+from sluiceway_common.store import RateState
 
 OPTIONS = (
     replace(settings.REDIS_URL, help="Redis holding the pipeline's rate limit"),
@@ -58,7 +58,7 @@ async def act(redis_url: str, pipeline: str, action: str, value: float | None) -
 
 def describe(pipeline: str, state: RateState) -> str:
     limit = (
-        f"{limit_text(state.limit)} requests/s, set with `sluiceway rate set`"
+        f"{plain(state.limit)} requests/s, set with `sluiceway rate set`"
         if state.limit is not None
         else "not set: each fetcher uses its SLUICEWAY_RATE_LIMIT"
     )

@@ -1,6 +1,14 @@
+# Over 300 lines on purpose: the mechanism and the settings every member shares are read
+# together everywhere as ``settings.X``; the members' own settings live with them.
 """Configuration: every value comes from a ``SLUICEWAY_*`` variable or the matching CLI flag.
 
-A component declares its :class:`Option` s; :func:`add_options` turns them into flags and
+A setting is stated once, as an :class:`Option`: its variable, its parser (whose bounds, for a
+number, also write what is allowed), its help and its default. A component's settings object
+is a frozen dataclass whose fields are :func:`setting` s of those options (see
+:class:`Settings`); a command without one passes its options to :func:`resolve` directly. The
+flags (:func:`add_options`), the README table, ``.env.example``, the Pipeline CRD's bounds
+and the chart's values schema are read from, or held by tests to, these definitions.
+
 :func:`resolve` reads flag, then environment, then default, and parses each value. A value
 that does not parse raises :class:`ConfigError` whose message is the one line the CLI prints
 before exiting with status 2.
@@ -9,12 +17,13 @@ before exiting with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 
@@ -28,14 +37,26 @@ class Refused(ValueError):
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its variable, how its text becomes a value, and what is allowed."""
+    """One setting: its variable, how its text becomes a value, and what is allowed.
+
+    ``allowed`` may be left out when ``parse`` is a :class:`Bounds`, which says it itself."""
 
     env: str
     parse: Callable[[str], Any]
-    allowed: str
     help: str
     default: str | None = None
     secret: bool = False
+    allowed: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.allowed:
+            if not isinstance(self.parse, Bounds):
+                raise TypeError(f"{self.env}: say what is allowed, or parse with bounds")
+            object.__setattr__(self, "allowed", self.parse.allowed)
+
+    @property
+    def bounds(self) -> Bounds | None:
+        return self.parse if isinstance(self.parse, Bounds) else None
 
     @property
     def dest(self) -> str:
@@ -87,6 +108,37 @@ def resolve(
                 f"{where}={shown} is not allowed: expected {option.allowed}{detail}"
             ) from None
     return values
+
+
+def setting(option: Option) -> Any:
+    """A field of a :class:`Settings` dataclass, read from ``option``; the field's name is
+    the option's (``SLUICEWAY_BATCH_SIZE`` is ``batch_size``)."""
+    return dataclasses.field(metadata={"option": option})
+
+
+class Settings:
+    """Base of a component's frozen settings dataclass, whose every field is a
+    :func:`setting`: the dataclass is the component's one list of options."""
+
+    @classmethod
+    def options(cls) -> tuple[Option, ...]:
+        found = []
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            option = field.metadata.get("option")
+            if not isinstance(option, Option) or option.dest != field.name:
+                raise TypeError(f"{cls.__name__}.{field.name} is not a setting of that name")
+            found.append(option)
+        return tuple(found)
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace | None, environ: Mapping[str, str] | None = None
+    ) -> Self:
+        return cls(**resolve(args, cls.options(), environ))
+
+    def secrets(self) -> list[str]:
+        """What of these values must never be shown (see :func:`secret_values`)."""
+        return secret_values(self.options(), vars(self))
 
 
 def hide(secret: str) -> str:
@@ -143,24 +195,41 @@ def mask(url: str) -> str:
 # --- parsers ---------------------------------------------------------------------------------
 
 
-def integer(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text.strip())
-        if not low <= value <= high:
+def plain(value: float) -> str:
+    """A number as sluiceway writes it for people and for other programs: ``40``, ``2.5``,
+    ``1000000``, never ``4e+01`` or ``1e+06``."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A parser of an integer or a number from ``low`` to ``high``, both allowed; ``unit``
+    opens what it says is allowed (``seconds, a number from 0.1 to 600``)."""
+
+    low: float
+    high: float
+    integral: bool
+    unit: str = ""
+
+    @property
+    def allowed(self) -> str:
+        kind = "an integer" if self.integral else "a number"
+        text = f"{kind} from {plain(self.low)} to {plain(self.high)}"
+        return f"{self.unit}, {text}" if self.unit else text
+
+    def __call__(self, text: str) -> Any:
+        value = int(text.strip()) if self.integral else float(text.strip())
+        if not math.isfinite(value) or not self.low <= value <= self.high:
             raise ValueError("out of range")
         return value
 
-    return parse
+
+def integer(low: int, high: int, *, unit: str = "") -> Bounds:
+    return Bounds(low, high, integral=True, unit=unit)
 
 
-def number(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = float(text.strip())
-        if not math.isfinite(value) or not low <= value <= high:
-            raise ValueError("out of range")
-        return value
-
-    return parse
+def number(low: float, high: float, *, unit: str = "") -> Bounds:
+    return Bounds(low, high, integral=False, unit=unit)
 
 
 def url(*schemes: str) -> Callable[[str], str]:
@@ -197,56 +266,54 @@ def log_level(text: str) -> str:
 DATABASE_URL = Option(
     "SLUICEWAY_DATABASE_URL",
     url("postgresql", "postgres"),
-    "a postgresql:// URL with a host",
     "PostgreSQL the writer lands rows in",
+    allowed="a postgresql:// URL with a host",
     default="postgresql://sluiceway:sluiceway@127.0.0.1:5432/sluiceway",
     secret=True,
 )
 AMQP_URL = Option(
     "SLUICEWAY_AMQP_URL",
     url("amqp", "amqps"),
-    "an amqp:// or amqps:// URL with a host",
     "RabbitMQ holding the fetch, records and dead-letter queues",
+    allowed="an amqp:// or amqps:// URL with a host",
     default="amqp://guest:guest@127.0.0.1:5672/",
     secret=True,
 )
 REDIS_URL = Option(
     "SLUICEWAY_REDIS_URL",
     url("redis", "rediss"),
-    "a redis:// or rediss:// URL with a host",
     "Redis holding the failed set",
+    allowed="a redis:// or rediss:// URL with a host",
     default="redis://127.0.0.1:6379/0",
     secret=True,
 )
 PIPELINE = Option(
     "SLUICEWAY_PIPELINE",
     pipeline_name,
-    "1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
     "pipeline name; namespaces queues, Redis keys and rows",
+    allowed="1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
     default="default",
 )
 METRICS_PORT = Option(
     "SLUICEWAY_METRICS_PORT",
-    integer(0, 65535),
-    "a TCP port, an integer from 0 (off) to 65535",
+    integer(0, 65535, unit="a TCP port"),
     "serve /metrics, /healthz and /readyz on this port, on every interface; 0 serves nothing",
     default="0",
 )
 LOG_LEVEL = Option(
     "SLUICEWAY_LOG_LEVEL",
     log_level,
-    "one of DEBUG, INFO, WARNING, ERROR",
     "log level",
+    allowed="one of DEBUG, INFO, WARNING, ERROR",
     default="INFO",
 )
 
 # --- the pipeline's tuning: read by the fetcher or the writer, set for both by the demo and
-# the operator, so defined once here --------------------------------------------------------
+# the operator (the Pipeline CRD's bounds and defaults are these), so defined once here ----
 
 RATE_LIMIT = Option(
     "SLUICEWAY_RATE_LIMIT",
-    number(0.01, 1_000_000),
-    "requests per second, a number from 0.01 to 1000000",
+    number(0.01, 1_000_000, unit="requests per second"),
     "requests per second to the upstream",
     default="10",
 )
@@ -254,14 +321,32 @@ BATCH_SIZE = Option(
     "SLUICEWAY_BATCH_SIZE",
     # The broker's prefetch is a 16-bit count and the writer asks for two batches' worth.
     integer(1, 30_000),
-    "an integer from 1 to 30000",
     "flush a batch when it holds this many records",
     default="500",
 )
 BATCH_TIMEOUT = Option(
     "SLUICEWAY_BATCH_TIMEOUT",
-    number(0.001, 3600),
-    "seconds, a number from 0.001 to 3600",
+    number(0.001, 3600, unit="seconds"),
     "flush a batch when its oldest record has waited this long",
     default="1.0",
+)
+CONCURRENCY = Option(
+    "SLUICEWAY_CONCURRENCY",
+    integer(1, 4096),
+    "requests in flight per fetcher process",
+    default="32",
+)
+
+REQUEST_TIMEOUT = Option(
+    "SLUICEWAY_REQUEST_TIMEOUT",
+    number(0.1, 600, unit="seconds"),
+    "timeout of one upstream request",
+    default="30",
+)
+
+MAX_ATTEMPTS = Option(
+    "SLUICEWAY_MAX_ATTEMPTS",
+    integer(1, 20),
+    "attempts at a key before a timeout, connection error, 5xx, 408 or 429 fails it for good",
+    default="5",
 )

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from sluiceway_common.settings import RATE_LIMIT
+from sluiceway_common.settings import RATE_LIMIT, plain
 
 # --- key names ---------------------------------------------------------------------------
 
@@ -126,11 +126,6 @@ class FailedSet:
 # --- the rate keys -----------------------------------------------------------------------
 
 
-def limit_text(value: float) -> str:
-    """How a limit is written to Redis and shown: ``40``, ``2.5``, never ``4e+01``."""
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
 def parse_limit(raw: bytes | str | None) -> float | None:
     """A stored override as the limiter takes it: None when absent or outside what
     ``SLUICEWAY_RATE_LIMIT`` allows (written by hand), which every reader then ignores."""
@@ -167,7 +162,7 @@ class RateKeys:
         return parse_limit(await self._client.get(self.limit))
 
     async def set_override(self, value: float) -> None:
-        await self._client.set(self.limit, limit_text(value))
+        await self._client.set(self.limit, plain(value))
 
     async def clear_override(self) -> None:
         await self._client.delete(self.limit)

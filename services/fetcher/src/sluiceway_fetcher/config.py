@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from dataclasses import dataclass, replace
 
 from sluiceway_common import settings
-from sluiceway_common.settings import ConfigError, Option, Refused
+from sluiceway_common.settings import ConfigError, Option, Refused, setting
 from sluiceway_fetcher.packer import PackPolicy
 
 
@@ -26,8 +25,8 @@ def source_template(text: str) -> str:
 SOURCE_URL = Option(
     "SLUICEWAY_SOURCE_URL",
     source_template,
-    "an http(s) URL template holding {key} once, e.g. https://api.example.com/users/{key}",
     "upstream URL template; {key} is replaced by the percent-encoded key",
+    allowed="an http(s) URL template holding {key} once, e.g. https://api.example.com/users/{key}",
 )
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -50,24 +49,10 @@ def source_headers(text: str) -> dict[str, str]:
 SOURCE_HEADERS = Option(
     "SLUICEWAY_SOURCE_HEADERS",
     source_headers,
-    'a JSON object of header names to string values, e.g. {"Authorization": "Bearer …"}',
     "headers sent with every upstream request (tokens: never logged)",
+    allowed='a JSON object of header names to string values, e.g. {"Authorization": "Bearer …"}',
     default="{}",
     secret=True,
-)
-CONCURRENCY = Option(
-    "SLUICEWAY_CONCURRENCY",
-    settings.integer(1, 4096),
-    "an integer from 1 to 4096",
-    "requests in flight per fetcher process",
-    default="32",
-)
-REQUEST_TIMEOUT = Option(
-    "SLUICEWAY_REQUEST_TIMEOUT",
-    settings.number(0.1, 600),
-    "seconds, a number from 0.1 to 600",
-    "timeout of one upstream request",
-    default="30",
 )
 
 RATE_LIMIT = replace(
@@ -76,87 +61,56 @@ RATE_LIMIT = replace(
     "unless `sluiceway rate set` overrides it",
 )
 
-MAX_ATTEMPTS = Option(
-    "SLUICEWAY_MAX_ATTEMPTS",
-    settings.integer(1, 20),
-    "an integer from 1 to 20",
-    "attempts at a key before a timeout, connection error, 5xx, 408 or 429 fails it for good",
-    default="5",
-)
 MAX_BODY_BYTES = Option(
     "SLUICEWAY_MAX_BODY_BYTES",
-    settings.integer(1024, 1 << 30),
-    "bytes, an integer from 1024 to 1073741824",
+    settings.integer(1024, 1 << 30, unit="bytes"),
     "an upstream body larger than this (as sent) fails its key without being read further",
     default=str(10 << 20),
 )
 PUBLISH_LINGER_MS = Option(
     "SLUICEWAY_PUBLISH_LINGER_MS",
-    settings.number(0, 10_000),
-    "milliseconds, a number from 0 to 10000",
+    settings.number(0, 10_000, unit="milliseconds"),
     "records finished within this long of the first go out as one message; 0 sends each alone",
     default="20",
 )
 PACK_MAX_RECORDS = Option(
     "SLUICEWAY_PACK_MAX_RECORDS",
     settings.integer(1, 10_000),
-    "an integer from 1 to 10000",
     "most records in one message",
     default="100",
 )
 PACK_MAX_BYTES = Option(
     "SLUICEWAY_PACK_MAX_BYTES",
-    settings.integer(1024, 64 << 20),
-    "bytes, an integer from 1024 to 67108864",
+    settings.integer(1024, 64 << 20, unit="bytes"),
     "most bytes of records in one message (a larger record still goes, alone)",
     default=str(1 << 20),
 )
 COMPRESS_MIN_BYTES = Option(
     "SLUICEWAY_COMPRESS_MIN_BYTES",
-    settings.integer(0, 1 << 30),
-    "bytes, an integer from 0 to 1073741824",
+    settings.integer(0, 1 << 30, unit="bytes"),
     "compress a message body (zstd) from this size up; chosen by benchmarks/compression.py",
     default="1024",
 )
 
-OPTIONS = (
-    settings.AMQP_URL,
-    settings.REDIS_URL,
-    settings.PIPELINE,
-    SOURCE_URL,
-    SOURCE_HEADERS,
-    RATE_LIMIT,
-    CONCURRENCY,
-    REQUEST_TIMEOUT,
-    MAX_ATTEMPTS,
-    MAX_BODY_BYTES,
-    PUBLISH_LINGER_MS,
-    PACK_MAX_RECORDS,
-    PACK_MAX_BYTES,
-    COMPRESS_MIN_BYTES,
-    settings.METRICS_PORT,
-    settings.LOG_LEVEL,
-)
-
 
 @dataclass(frozen=True)
-class FetcherSettings:
-    amqp_url: str
-    redis_url: str
-    pipeline: str
-    source_url: str
-    source_headers: dict[str, str]
-    rate_limit: float
-    concurrency: int
-    request_timeout: float
-    max_attempts: int
-    max_body_bytes: int
-    publish_linger_ms: float
-    pack_max_records: int
-    pack_max_bytes: int
-    compress_min_bytes: int
-    metrics_port: int
-    log_level: str
+class FetcherSettings(settings.Settings):
+    amqp_url: str = setting(settings.AMQP_URL)
+    redis_url: str = setting(settings.REDIS_URL)
+    pipeline: str = setting(settings.PIPELINE)
+    source_url: str = setting(SOURCE_URL)
+    source_headers: dict[str, str] = setting(SOURCE_HEADERS)
+    rate_limit: float = setting(RATE_LIMIT)
+    concurrency: int = setting(settings.CONCURRENCY)
+    request_timeout: float = setting(settings.REQUEST_TIMEOUT)
+    max_attempts: int = setting(settings.MAX_ATTEMPTS)
+    max_body_bytes: int = setting(MAX_BODY_BYTES)
+    publish_linger_ms: float = setting(PUBLISH_LINGER_MS)
+    pack_max_records: int = setting(PACK_MAX_RECORDS)
+    pack_max_bytes: int = setting(PACK_MAX_BYTES)
+    compress_min_bytes: int = setting(COMPRESS_MIN_BYTES)
+    metrics_port: int = setting(settings.METRICS_PORT)
+    log_level: str = setting(settings.LOG_LEVEL)
 
     def pack_policy(self) -> PackPolicy:
         return PackPolicy(
@@ -166,11 +120,7 @@ class FetcherSettings:
             compress_min_bytes=self.compress_min_bytes,
         )
 
-    @classmethod
-    def from_args(
-        cls, args: argparse.Namespace | None, environ: dict[str, str] | None = None
-    ) -> FetcherSettings:
-        return cls(**settings.resolve(args, OPTIONS, environ))
 
+OPTIONS = FetcherSettings.options()
 
 __all__ = ["OPTIONS", "ConfigError", "FetcherSettings"]

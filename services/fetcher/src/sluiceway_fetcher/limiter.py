@@ -21,6 +21,7 @@ from collections import deque
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from sluiceway_common.settings import RATE_LIMIT
 from sluiceway_common.store import RateKeys
 from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE
 
@@ -60,7 +61,7 @@ end
 """
 
 # KEYS: last, limit, pause_until. ARGV: this fetcher's rate, slots wanted, BURST, AHEAD, SPARE,
-# AIM.
+# AIM, and the lowest and highest limit SLUICEWAY_RATE_LIMIT allows.
 # Returns {wait, granted, interval}: ``granted`` slots start ``wait`` seconds from now, one
 # every ``interval``; with none granted, ask again in ``wait`` seconds.
 RESERVE_LUA = (
@@ -70,7 +71,7 @@ RESERVE_LUA = (
 local rate = tonumber(redis.call('GET', KEYS[2]))
 -- An override outside the range SLUICEWAY_RATE_LIMIT allows (the key written by hand) is
 -- ignored rather than trusted: a zero or a NaN would stop the pipeline or break the state.
-if not (rate and rate >= 0.01 and rate <= 1000000) then
+if not (rate and rate >= tonumber(ARGV[7]) and rate <= tonumber(ARGV[8])) then
   rate = tonumber(ARGV[1])
 end
 rate = rate * tonumber(ARGV[6])  -- AIM: the slots are spaced for a little under the limit
@@ -144,7 +145,10 @@ class SharedLimiter:
         self._pause = client.register_script(PAUSE_LUA)
         self._rate_keys = RateKeys(client, pipeline)
         self._keys = self._rate_keys.script_keys
-        self._args = (repr(float(rate)), repr(BURST), repr(AHEAD), repr(SPARE), repr(AIM))
+        bounds = RATE_LIMIT.bounds
+        assert bounds is not None
+        self._args = (repr(float(rate)), repr(BURST), repr(AHEAD), repr(SPARE), repr(AIM),
+                      repr(float(bounds.low)), repr(float(bounds.high)))  # fmt: skip
         # The run: slots at first + i * interval for next <= i < count (loop time).
         self._first = 0.0
         self._interval = 1.0

@@ -7,17 +7,38 @@ observed as requests go. Labels: ``pipeline``, and for fetches ``outcome`` and `
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 
 from sluiceway_common.observe import Readings, histogram
 
-if TYPE_CHECKING:
-    from sluiceway_fetcher.consumer import Fetcher
-    from sluiceway_fetcher.limiter import SharedLimiter
-    from sluiceway_fetcher.packer import Packer
+
+class FetcherCounts(Protocol):
+    """What the fetcher counts (``consumer.Fetcher``), read at each scrape."""
+
+    fetched: int
+    failed: int
+    retried: int
+    dropped: int
+    inflight: set[asyncio.Task[object]]
+    outcomes: Counter[tuple[str, str]]
+
+
+class Late(Protocol):
+    """The limiter: slots given up for a late wake-up."""
+
+    late: int
+
+
+class Sent(Protocol):
+    """The packer: record messages published."""
+
+    messages: int
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300)
@@ -47,9 +68,9 @@ class Timings:
 def export(
     registry: CollectorRegistry,
     pipeline: str,
-    fetcher: Fetcher,
-    limiter: SharedLimiter,
-    packer: Packer,
+    fetcher: FetcherCounts,
+    limiter: Late,
+    packer: Sent,
 ) -> None:
     """Expose the counts the fetcher, its limiter and its packer keep."""
     readings = Readings(registry, pipeline)

@@ -90,8 +90,8 @@ def classify(response: httpx.Response, now: datetime | None = None) -> Outcome:
 
 
 async def fetch(client: httpx.AsyncClient, template: str, key: str) -> Outcome:
-    """GET ``key`` from the upstream. In this first cut every failure is final: retries with
-    backoff are the fetcher's next step, until then ``sluiceway failed retry`` resends."""
+    """GET ``key`` from the upstream and say what came of it. Whether a failure is tried
+    again is the consumer's decision (``retry.retryable``), not this one's."""
     try:
         response = await client.get(key_url(template, key))
     except BodyTooLarge as exc:

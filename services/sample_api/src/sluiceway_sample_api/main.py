@@ -26,7 +26,6 @@ def host(text: str) -> str:
 NOT_FOUND_RATE = Option(
     "SLUICEWAY_SAMPLE_NOT_FOUND_RATE",
     settings.number(0, 1),
-    "a number from 0 to 1",
     "share of keys answered 404, always the same keys",
     default="0",
 )
@@ -34,14 +33,13 @@ OPTIONS = (
     Option(
         "SLUICEWAY_SAMPLE_HOST",
         host,
-        "a host name or address",
         "address to listen on",
+        allowed="a host name or address",
         default="127.0.0.1",
     ),
     Option(
         "SLUICEWAY_SAMPLE_PORT",
         settings.integer(0, 65535),
-        "a port from 0 to 65535",
         "port to listen on; 0 picks a free one",
         default="8099",
     ),
@@ -49,21 +47,18 @@ OPTIONS = (
     Option(
         "SLUICEWAY_SAMPLE_ERROR_RATE",
         settings.number(0, 1),
-        "a number from 0 to 1",
         "share of requests answered 503 at random",
         default="0",
     ),
     Option(
         "SLUICEWAY_SAMPLE_LATENCY_MS",
-        settings.number(0, 600_000),
-        "milliseconds, a number from 0 to 600000",
+        settings.number(0, 600_000, unit="milliseconds"),
         "delay before each answer",
         default="0",
     ),
     Option(
         "SLUICEWAY_SAMPLE_SEED",
         settings.integer(0, 2**63),
-        "an integer from 0",
         "seed of the random 503s",
         default="0",
     ),

@@ -7,17 +7,39 @@ observed at each flush. Labels: ``pipeline``, and for dead letters ``cause``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 
 from sluiceway_common.observe import Readings, histogram
 
-if TYPE_CHECKING:
-    from sluiceway_writer.batcher import Batcher
-    from sluiceway_writer.consumer import Delivery, Writer
-    from sluiceway_writer.merger import Merger
+
+class WriterCounts(Protocol):
+    """What the writer counts (``consumer.Writer``), read at each scrape."""
+
+    messages: int
+    records: int
+    written: int
+    write_retries: int
+
+    @property
+    def dead_letters(self) -> Mapping[str, int]: ...
+
+
+class Held(Protocol):
+    """The batcher: how many records it holds for the next batch."""
+
+    @property
+    def rows(self) -> int: ...
+
+
+class Moved(Protocol):
+    """The merger: how many buffered rows it moved."""
+
+    moved: int
+
 
 ROWS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000)
 FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -48,9 +70,9 @@ class Timings:
 def export(
     registry: CollectorRegistry,
     pipeline: str,
-    writer: Writer,
-    batcher: Batcher[Delivery],
-    merger: Merger | None,
+    writer: WriterCounts,
+    batcher: Held,
+    merger: Moved | None,
 ) -> None:
     """Expose the counts the writer, its batcher and its merger keep."""
     readings = Readings(registry, pipeline)
