@@ -28,8 +28,9 @@ from sluiceway_fetcher.limiter import (
     LimiterClosed,
     SharedLimiter,
 )
-from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE, Gcra
+from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE
 from tests.conftest import ServiceUrls
+from tests.gcra import Gcra
 from tests.integration.helpers import (
     TcpProxy,
     depth,

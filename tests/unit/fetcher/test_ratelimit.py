@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from sluiceway_fetcher.ratelimit import AHEAD, MAX_PAUSE, Gcra, pause_seconds
+from sluiceway_fetcher.ratelimit import AHEAD, MAX_PAUSE, pause_seconds
+from tests.gcra import Gcra
 
 
 def slots(gcra: Gcra, count: int, now: float, tat: float = 0.0) -> list[float]:

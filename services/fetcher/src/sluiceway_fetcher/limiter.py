@@ -2,7 +2,7 @@
 
 Each reservation is one atomic step in Redis: a Lua script (run with EVALSHA) reads the
 pipeline's GCRA state, its limit override and its pause, and reserves slots with the
-arithmetic of :class:`sluiceway_fetcher.ratelimit.Gcra`, on Redis's own clock, so that the
+arithmetic :mod:`sluiceway_fetcher.ratelimit` describes, on Redis's own clock, so that the
 fetchers' clocks never matter. Within a process one reservation is in flight at a time, for
 every request then waiting (see :class:`SharedLimiter`).
 
@@ -27,7 +27,7 @@ from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE
 
 log = logging.getLogger(__name__)
 
-# The arithmetic of Gcra.reserve, operation for operation (tests/integration/test_ratelimit.py
+# The arithmetic of the model in tests/gcra.py, operation for operation (test_ratelimit.py
 # runs both on a table of cases and requires the same answers). Lua numbers are doubles, as
 # Python floats are.
 GCRA_LUA = """
