@@ -1,4 +1,4 @@
-"""``enqueue``, ``status`` and ``failed`` against the real services, through the CLI."""
+"""``enqueue``, ``status``, ``failed`` and the demo's check against the real services."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import time
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 
+from sluiceway_admin.demo import Demo, DemoFailed, DemoSettings
 from sluiceway_common import codec, store, topology
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import (
@@ -311,3 +313,28 @@ async def test_status_watch_prints_plain_views_when_not_on_a_terminal(
     assert "\x1b" not in text
     assert "ETA to drain" in text
     assert "(depths: passive declare" in text
+
+
+async def test_the_demo_check_finds_a_row_that_differs_from_what_the_api_served(
+    services: ServiceUrls, database_url: str, pipeline: str, db: Any, tmp_path: Path,
+    redis_client: aioredis.Redis,
+) -> None:  # fmt: skip
+    # The demo's last step: the table and the failed set against the sample API's answers.
+    answers: dict[str, Any] = {"a": {"n": 1}, "b": {"n": 2}, "gone": None}
+    await db.executemany(
+        "INSERT INTO records (pipeline, key, payload, fetched_at) VALUES ($1, $2, $3, now())",
+        [(pipeline, "a", '{"n": 1}'), (pipeline, "b", '{"n": 2}')],
+    )
+    await store.FailedSet(redis_client, pipeline).add("gone", {"reason": "HTTP 404"})
+    config = DemoSettings.from_args(None, {
+        "SLUICEWAY_DATABASE_URL": database_url, "SLUICEWAY_AMQP_URL": services.amqp,
+        "SLUICEWAY_REDIS_URL": services.redis, "SLUICEWAY_PIPELINE": pipeline,
+        "SLUICEWAY_DEMO_LOG_DIR": str(tmp_path)})  # fmt: skip
+    demo = Demo(config)
+    assert await demo.verify(answers) == (2, 1)
+    with pytest.raises(DemoFailed, match=r"1 rows differ from what the API served, e\.g\. \['b'\]"):
+        await demo.verify({**answers, "b": {"n": 3}})
+    with pytest.raises(DemoFailed, match=r"1 rows missing, e\.g\. \['c'\]"):
+        await demo.verify({**answers, "c": {"n": 4}})
+    with pytest.raises(DemoFailed, match=r"the failed set holds 1 keys, not the 2 answered 404"):
+        await demo.verify({**answers, "also-gone": None})
