@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import asyncpg
 from alembic import context
@@ -15,9 +16,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-# Any fixed number: every migrator takes the same transaction-scoped lock, so two Jobs or two
-# `sluiceway migrate` runs at once apply each revision once.
+# Any fixed number: every migrator takes the same lock, so two Jobs or two `sluiceway migrate`
+# runs at once apply each revision once. The lock is the session's, not the transaction's: a
+# revision that must run outside a transaction (CREATE INDEX CONCURRENTLY, in an autocommit
+# block) commits part way, and the lock must outlast that. A migrator waits for it outside any
+# transaction, asking every LOCK_POLL seconds: CREATE INDEX CONCURRENTLY waits for every
+# transaction older than it, so one waiting inside a transaction would deadlock with it.
 MIGRATION_LOCK = 0x5175_1C3E
+LOCK_POLL = 0.2
 
 
 def database_url() -> str:
@@ -30,11 +36,25 @@ def database_url() -> str:
     return url
 
 
+def take_lock(connection: Connection) -> None:
+    while True:
+        taken = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+        got = bool(taken.scalar())
+        connection.commit()  # no transaction, and so no snapshot, held while waiting
+        if got:
+            return
+        time.sleep(LOCK_POLL)
+
+
 def migrate(connection: Connection) -> None:
     context.configure(connection=connection, transaction_per_migration=False)
-    with context.begin_transaction():
-        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
-        context.run_migrations()
+    take_lock(connection)
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+        connection.commit()
 
 
 async def run_online() -> None:

@@ -95,3 +95,39 @@ async def test_writer_refuses_a_schema_behind_its_head(
         f"sluiceway writer: the database schema is at revision 0001, behind this writer's "
         f"{schema.head()}: run `sluiceway migrate`"
     )
+
+
+async def test_migrators_started_together_apply_each_revision_once(
+    services: ServiceUrls, empty_database: str
+) -> None:
+    # Two Jobs at once: one waits for the other's lock, held across the revision that builds
+    # its index outside a transaction.
+    env = {"PATH": "/usr/bin:/bin", "SLUICEWAY_DATABASE_URL": empty_database}
+    runs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sluiceway_common",
+            "migrate",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    results = [await asyncio.wait_for(run.communicate(), 60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], results
+    conn = await asyncpg.connect(empty_database)
+    try:
+        assert await schema.check(conn) == schema.head()
+        indexes = await conn.fetch(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'records' "
+            "AND indexname = 'records_pipeline_fetched_at'"
+        )
+        assert [i["indexdef"] for i in indexes] == [
+            "CREATE INDEX records_pipeline_fetched_at ON public.records "
+            "USING btree (pipeline, fetched_at)"
+        ]
+        assert not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+    finally:
+        await conn.close()

@@ -1,79 +1,44 @@
-"""``sluiceway enqueue``: one fetch task per key, read as lines from a file or standard input."""
+"""``sluiceway enqueue``: one fetch task per key, from one source a run (see
+:mod:`sluiceway_admin.sources`): lines of a file or standard input, a SQL query's rows, or
+the pipeline's stale rows. ``--dry-run`` counts and shows the keys and queues nothing."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import shlex
 import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
+
+import asyncpg
 
 from sluiceway_admin.progress import Progress
+from sluiceway_admin.sources import (
+    BadInput,
+    Chunk,
+    Skipped,
+    file_keys,
+    parse_age,
+    sql_keys,
+    stale_keys,
+)
 from sluiceway_common import amqp, codec, logs, settings, topology
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach
 from sluiceway_common.publisher import ConfirmedPublisher
+from sluiceway_common.settings import ConfigError
 
 log = logging.getLogger(__name__)
-OPTIONS = (settings.AMQP_URL, settings.PIPELINE, settings.LOG_LEVEL)
-
-# Keys longer than this are refused at the door: no URL or primary key should carry them.
-MAX_KEY_BYTES = 4096
-MAX_LINE_BYTES = MAX_KEY_BYTES + 1  # and a carriage return
-READ_BYTES = 1 << 16
-
-
-class BadInput(Exception):
-    """A line of the input cannot be a key; the message says which and why."""
-
-
-async def read_keys(stream: BinaryIO) -> AsyncIterator[list[tuple[int, str]]]:
-    """Yield the keys of ``stream`` with their line numbers, as many as one read brings,
-    reading off the event loop in constant memory (a line may not outgrow a key's bound).
-
-    Surrounding whitespace and the line ending are stripped; blank lines are skipped.
-    """
-    # read1 hands over what a pipe has now, so keys piped in slowly are not held back.
-    read = getattr(stream, "read1", stream.read)
-    number = 0
-    rest = b""
-    while True:
-        chunk = await asyncio.to_thread(read, READ_BYTES)
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop() if chunk else b""
-        keys = []
-        for raw in lines:
-            number += 1
-            key = _key(raw, number)
-            if key:
-                keys.append((number, key))
-        if keys:
-            yield keys
-        if len(rest) > MAX_LINE_BYTES:  # a line still unfinished, already too long
-            raise BadInput(f"line {number + 1}: longer than {MAX_KEY_BYTES} bytes")
-        if not chunk:
-            return
-
-
-def _key(raw: bytes, number: int) -> str:
-    """The key on line ``number`` (its bytes without the newline); "" for a blank line."""
-    if len(raw) > MAX_LINE_BYTES:
-        raise BadInput(f"line {number}: longer than {MAX_KEY_BYTES} bytes")
-    try:
-        key = raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise BadInput(f"line {number}: not valid UTF-8") from None
-    if not key.isprintable():
-        raise BadInput(f"line {number}: contains a control character")
-    return key
 
 
 class Interrupted(Exception):
-    """Publishing stopped part way; ``resume_line`` is the first line not known to be queued."""
+    """Publishing stopped part way; ``resume_line`` is the first line (or row) not known to
+    be queued."""
 
     def __init__(self, cause: BaseException, confirmed: int, resume_line: int) -> None:
         super().__init__(str(cause) or type(cause).__name__)
@@ -81,8 +46,10 @@ class Interrupted(Exception):
         self.resume_line = resume_line
 
 
-async def enqueue(amqp_url: str, pipeline: str, stream: BinaryIO, show: Progress) -> int:
-    """Publish a fetch task per key of ``stream``; return how many the broker confirmed.
+async def enqueue(
+    amqp_url: str, pipeline: str, source: AsyncIterator[Chunk], show: Progress
+) -> int:
+    """Publish a fetch task per key of ``source``; return how many the broker confirmed.
 
     On a broker failure raise ``Interrupted``, saying from which line a rerun loses nothing.
     """
@@ -105,14 +72,14 @@ async def enqueue(amqp_url: str, pipeline: str, stream: BinaryIO, show: Progress
         await topology.declare(channel, queues)
         publisher = ConfirmedPublisher(channel, queues.fetch)
         try:
-            async for chunk in read_keys(stream):
+            async for chunk in source:
                 for number, key in chunk:
                     await publisher.publish(codec.encode_task(key))
                     unconfirmed.append(number)
                     published += 1
                     next_line = number + 1
                     show.update(publisher.confirmed)
-                # The next read may wait on a slow pipe: what was read goes out first.
+                # The next read may wait on a slow pipe or query: what was read goes out first.
                 await publisher.flush()
                 resume_line()  # forget the lines of the keys confirmed by now
             await publisher.drain()
@@ -125,49 +92,149 @@ async def enqueue(amqp_url: str, pipeline: str, stream: BinaryIO, show: Progress
         await connection.close()
 
 
+def optional_url(text: str) -> str:
+    return settings.url("postgresql", "postgres")(text) if text.strip() else ""
+
+
+SQL_URL = settings.Option(
+    "SLUICEWAY_SQL_URL",
+    optional_url,
+    "--sql: the database the query runs on, instead of SLUICEWAY_DATABASE_URL",
+    allowed="a postgresql:// URL with a host, or empty for SLUICEWAY_DATABASE_URL",
+    default="",
+    secret=True,
+)
+OPTIONS = (settings.AMQP_URL, settings.PIPELINE, settings.LOG_LEVEL)
+# What each source reads besides: a run resolves (and keeps secret) only what it uses, so a
+# file run neither needs nor refuses a database setting.
+SOURCE_OPTIONS = {"file": (), "sql": (settings.DATABASE_URL, SQL_URL),
+                  "stale": (settings.DATABASE_URL,)}  # fmt: skip
+DRY_RUN_SHOWN = 10  # keys a dry run prints
+
+
+async def dry_run(source: AsyncIterator[Chunk], out: TextIO) -> int:
+    """Count the keys of ``source`` and print the first few; queue nothing."""
+    count = 0
+    async for chunk in source:
+        for _, key in chunk[: max(DRY_RUN_SHOWN - count, 0)]:
+            out.write(key + "\n")
+        count += len(chunk)
+    return count
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE|-", help="keys, one per line; - reads stdin")
-    settings.add_options(parser, OPTIONS)
+    parser.add_argument("file", metavar="FILE|-", nargs="?",
+                        help="keys, one per line; - reads stdin")  # fmt: skip
+    parser.add_argument("--sql", metavar="QUERY",
+                        help="the first column of each row of QUERY is a key (cast to text; "
+                        "NULLs skipped); run read-only on SLUICEWAY_SQL_URL, else "
+                        "SLUICEWAY_DATABASE_URL")  # fmt: skip
+    parser.add_argument("--stale", metavar="AGE", type=stale_age,
+                        help="the pipeline's keys whose row was fetched longer than AGE ago "
+                        "(90s, 30m, 24h, 7d), oldest first")  # fmt: skip
+    parser.add_argument("--limit", metavar="N", type=positive,
+                        help="--stale: the N stalest only")  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true",
+                        help="count the keys and print the first ones; queue nothing")  # fmt: skip
+    settings.add_options(parser, (settings.DATABASE_URL, SQL_URL, *OPTIONS))
+
+
+def stale_age(text: str) -> float:
+    try:
+        return parse_age(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age: expected a number and s, m, h or d (90s, 30m, 24h, 7d)"
+        ) from None
+
+
+def positive(text: str) -> int:
+    try:
+        return int(settings.integer(1, 2**63 - 1)(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1") from None
+
+
+def chosen_source(args: argparse.Namespace) -> str:
+    """Which source the run reads: exactly one is given."""
+    given = [name for name, value in (("file", args.file), ("sql", args.sql),
+                                      ("stale", args.stale)) if value is not None]  # fmt: skip
+    if len(given) != 1:
+        raise ConfigError("give one source: FILE|-, --sql QUERY or --stale AGE"
+                          + (f" (got {', '.join(given)})" if given else ""))  # fmt: skip
+    if args.limit is not None and given != ["stale"]:
+        raise ConfigError("--limit goes with --stale")
+    return given[0]
 
 
 def run(args: argparse.Namespace) -> int:
-    values = settings.resolve(args, OPTIONS)
-    logs.setup(values["log_level"], secrets=settings.secret_values(OPTIONS, values))
+    kind = chosen_source(args)
+    options = (*SOURCE_OPTIONS[kind], *OPTIONS)
+    values = settings.resolve(args, options)
+    logs.setup(values["log_level"], secrets=settings.secret_values(options, values))
     started = time.monotonic()
-    show = Progress("enqueued", "keys")
-    try:
-        stream: BinaryIO = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
-    except OSError as exc:
-        print(f"sluiceway enqueue: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 1
-    with stream:
+    skipped = Skipped()
+    with contextlib.ExitStack() as stack:
+        if kind == "file":
+            try:
+                stream: BinaryIO = stack.enter_context(
+                    sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+                )
+            except OSError as exc:
+                print(f"sluiceway enqueue: cannot read {args.file}: {exc.strerror}",
+                      file=sys.stderr)  # fmt: skip
+                return 1
+            where, source = args.file, file_keys(stream, skipped)
+        elif kind == "sql":
+            url = values["sql_url"] or values["database_url"]
+            where, source = "--sql", sql_keys(url, args.sql, skipped)
+        else:
+            url = values["database_url"]
+            where, source = "--stale", stale_keys(url, values["pipeline"], args.stale, args.limit)
         try:
-            count = asyncio.run(enqueue(values["amqp_url"], values["pipeline"], stream, show))
+            if args.dry_run:
+                count = asyncio.run(dry_run(source, sys.stdout))
+            else:
+                show = Progress("enqueued", "keys")
+                count = asyncio.run(enqueue(values["amqp_url"], values["pipeline"], source, show))
         except BadInput as exc:
-            print(
-                f"sluiceway enqueue: {args.file}: {exc}; keys before it were enqueued",
-                file=sys.stderr,
-            )
+            done = "" if args.dry_run else "; keys before it were enqueued"
+            print(f"sluiceway enqueue: {where}: {exc}{done}", file=sys.stderr)
+            return 1
+        except asyncpg.PostgresError as exc:
+            done = "" if args.dry_run else "; keys before the failure were enqueued"
+            print(f"sluiceway enqueue: {where}: the query failed: {logs.error_text(exc)}{done}",
+                  file=sys.stderr)  # fmt: skip
             return 1
         except Interrupted as exc:
-            source = "-" if args.file == "-" else shlex.quote(args.file)
-            print(
-                f"sluiceway enqueue: stopped by the broker ({exc}) after {exc.confirmed:,} keys "
-                f"were confirmed; every key before line {exc.resume_line:,} is queued. Resume "
-                f"with: tail -n +{exc.resume_line} {source} | sluiceway enqueue -  "
-                "(keys queued twice are fetched twice and stored once)",
-                file=sys.stderr,
-            )
+            print(f"sluiceway enqueue: stopped by the broker ({exc}) after {exc.confirmed:,} "
+                  f"keys were confirmed; {resume_hint(kind, args.file, exc.resume_line)}  "
+                  "(keys queued twice are fetched twice and stored once)",
+                  file=sys.stderr)  # fmt: skip
             return 1
     seconds = time.monotonic() - started
+    passed = f"; {skipped.blank:,} blank or NULL skipped" if skipped.blank else ""
+    if args.dry_run:
+        print(f"{count:,} keys would be queued{passed}; nothing was queued (--dry-run)")
+        return 0
     log.info(
-        "enqueued %s keys to %s in %.1fs (%s/s)",
+        "enqueued %s keys to %s in %.1fs (%s/s)%s",
         f"{count:,}",
         topology.Queues(values["pipeline"]).fetch,
         seconds,
         f"{count / max(seconds, 1e-9):,.0f}",
+        passed,
     )
     return 0
+
+
+def resume_hint(kind: str, file: str | None, line: int) -> str:
+    """How to go on after a broker failure without losing a key."""
+    if kind != "file":
+        return "run it again to queue the rest"
+    source = "-" if file == "-" else shlex.quote(str(file))
+    return (f"every key before line {line:,} is queued. Resume with: tail -n +{line} {source} "
+            "| sluiceway enqueue -")  # fmt: skip
 
 
 COMMAND = Command("enqueue", "publish one fetch task per key", configure, run)
