@@ -133,7 +133,8 @@ class Pipeline:
 
     def writer(self, **env: str) -> subprocess.Popen[bytes]:
         settings = {"SLUICEWAY_BATCH_SIZE": "100", "SLUICEWAY_BATCH_TIMEOUT": "0.2", **env}
-        return self.processes.start(self._name("writer"), "writer", **settings)
+        # stdout named: no setting is taken for it (mypy's concern with **settings).
+        return self.processes.start(self._name("writer"), "writer", stdout=None, **settings)
 
     def fetcher(self, **env: str) -> subprocess.Popen[bytes]:
         settings = {
@@ -143,7 +144,7 @@ class Pipeline:
             "SLUICEWAY_REQUEST_TIMEOUT": "5",
             **env,
         }
-        return self.processes.start(self._name("fetcher"), "fetcher", **settings)
+        return self.processes.start(self._name("fetcher"), "fetcher", stdout=None, **settings)
 
     def logs(self, role: str) -> str:
         return "\n".join(self.processes.log(f"{role}-{i}") for i in range(1, self.counts[role] + 1))

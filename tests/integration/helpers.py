@@ -53,7 +53,7 @@ async def publish(
         for body in bodies:
             await channel.default_exchange.publish(
                 topology.persistent(body, **properties), routing_key=queue
-            )  # type: ignore[arg-type]
+            )
     finally:
         await channel.close()
 
