@@ -7,9 +7,12 @@ SHELL := bash
 VENV := .venv
 BIN := $(VENV)/bin
 UV = $(shell bash scripts/bootstrap-uv.sh)
+SYNC = UV_PYTHON_PREFERENCE=system "$(UV)" sync --frozen --all-packages --python '>=3.11'
 # The workspace members, as the root pyproject lists them; each but common is an image.
 PACKAGES := $(shell sed -n '/^members = \[/{s/^members = \[//;s/[]",]/ /g;p}' pyproject.toml)
 MEMBERS := $(filter-out common,$(shell sed -n 's/^name = "sluiceway-\(.*\)"/\1/p' $(PACKAGES:%=%/pyproject.toml)))
+# What mypy --strict checks: every Python file of the repository.
+TYPED := services/*/src operator/src migrations tests benchmarks scripts/*.py
 
 # The tests' real services; .ci/run and `make test` use the local ones unless these are set.
 export SLUICEWAY_TEST_DATABASE_URL ?= postgresql://sluiceway:sluiceway@127.0.0.1:5432/sluiceway
@@ -24,7 +27,7 @@ TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' charts/sluiceway/Chart.yam
 DOCKER ?= docker
 HELM := .tools/bin/helm
 
-.PHONY: help install helm services run test test-faults soak test-unit chart-lint images bench lint format typecheck clean
+.PHONY: help install helm services run test test-faults soak test-unit chart-lint images bench check lint format typecheck clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,7 +35,7 @@ help: ## list the targets
 install: $(BIN)/.synced ## create .venv from uv.lock (uv is installed into .tools/ when missing)
 
 $(BIN)/.synced: uv.lock pyproject.toml $(PACKAGES:%=%/pyproject.toml)
-	UV_PYTHON_PREFERENCE=system "$(UV)" sync --frozen --all-packages --python '>=3.11'
+	$(SYNC)
 	@touch $@
 
 helm: $(HELM) ## install the pinned helm into .tools/ (for chart-lint)
@@ -68,7 +71,7 @@ images: ## build an image per member from the one Dockerfile (needs Docker): REG
 	done
 
 bench: install services ## benchmarks, medians of rounds run side by side (not part of make test)
-	UV_PYTHON_PREFERENCE=system "$(UV)" sync --frozen --all-packages --group bench --python '>=3.11'
+	$(SYNC) --group bench
 	$(BIN)/python benchmarks/http_transport.py
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/writer.py
@@ -76,7 +79,9 @@ bench: install services ## benchmarks, medians of rounds run side by side (not p
 	$(BIN)/python -m benchmarks.fetcher
 	$(BIN)/python benchmarks/enqueue.py
 
-lint: install ## ruff
+check: install lint typecheck ## lint and typecheck: what .ci/run holds the code to before the tests
+
+lint: install ## ruff check and ruff format --check, over the whole repository
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -84,8 +89,10 @@ format: install ## ruff format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-typecheck: install ## mypy --strict
-	$(BIN)/mypy services/*/src operator/src
+# The bench group is synced first: the benchmarks import Celery, psycopg and matplotlib.
+typecheck: install ## mypy --strict over the source, migrations, tests, benchmarks and scripts
+	$(SYNC) --group bench
+	$(BIN)/mypy $(TYPED)
 
 clean: ## remove .venv, .tools and .run
 	rm -rf $(VENV) .tools .run

@@ -19,8 +19,8 @@ import os
 from typing import Any
 
 import psycopg
-from celery import Celery  # type: ignore[import-untyped]
-from celery_batches import Batches, SimpleRequest  # type: ignore[import-untyped]
+from celery import Celery
+from celery_batches import Batches, SimpleRequest
 
 QUEUE = os.environ.get("BENCH_CELERY_QUEUE", "sluiceway-bench-celery")
 CONCURRENCY = int(os.environ.get("BENCH_CELERY_CONCURRENCY", "1"))
@@ -70,7 +70,7 @@ def connection() -> psycopg.Connection[Any]:
     return _connection
 
 
-@app.task(  # type: ignore[untyped-decorator]
+@app.task(
     base=Batches,
     name="sluiceway_bench.land",
     flush_every=FLUSH_EVERY,

@@ -103,8 +103,11 @@ def services() -> Iterator[ServiceUrls]:
                 "run the tests with `make test`, or set the URLs of real services",
                 pytrace=False,
             )
+        database, amqp, redis = (os.environ[name] for name in names)
         yield ServiceUrls(
-            *(os.environ[name] for name in names),
+            database,
+            amqp,
+            redis,
             management=os.environ.get("SLUICEWAY_TEST_MANAGEMENT_URL", ""),
         )
 

@@ -77,6 +77,7 @@ async def test_no_secret_in_logs_probes_or_metrics(
     fetcher_log, writer_log = processes.log("fetcher"), processes.log("writer")
     assert "Forbidden ***" in fetcher_log  # the line was there, with the token masked
     info = await redis_client.hget(store.failed_info(pipeline), "k1")
+    assert isinstance(info, bytes)
     assert b"Forbidden ***" in info
     assert 'sluiceway_fetches_total{outcome="http_error",pipeline="' in pages[0]
     for text in (*pages, fetcher_log, writer_log, info.decode()):

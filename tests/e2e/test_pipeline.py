@@ -15,7 +15,7 @@ from sluiceway_admin.demo import demo_keys
 from sluiceway_common import codec, store, topology
 from sluiceway_sample_api.data import is_missing, user
 from tests.e2e.conftest import Processes, sample_api
-from tests.integration.helpers import depth, drain, eventually, publish
+from tests.integration.helpers import depth, drain, eventually, failed_keys, publish
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +64,7 @@ async def test_keys_in_rows_out(
     assert set(rows) == set(keys) - missing
     for key, payload in rows.items():
         assert payload == user(key), key
-    failed = {k.decode() for k in await redis_client.smembers(store.failed_set(pipeline))}
+    failed = await failed_keys(redis_client, pipeline)
     assert failed == missing
 
     status = json.loads(processes.run("status", "--json").stdout)

@@ -34,7 +34,13 @@ from sluiceway_common.amqp import publishing_channel
 from sluiceway_common.publisher import ConfirmedPublisher
 from sluiceway_sample_api.data import is_missing, user
 from tests.e2e.conftest import Processes
-from tests.integration.helpers import depth, eventually, http_server
+from tests.integration.helpers import (
+    depth,
+    eventually,
+    failed_infos,
+    failed_keys,
+    http_server,
+)
 
 REPORT = Path(__file__).resolve().parents[2] / ".run" / "faults.jsonl"
 NOT_FOUND_RATE = 0.03
@@ -127,7 +133,8 @@ class Pipeline:
 
     def writer(self, **env: str) -> subprocess.Popen[bytes]:
         settings = {"SLUICEWAY_BATCH_SIZE": "100", "SLUICEWAY_BATCH_TIMEOUT": "0.2", **env}
-        return self.processes.start(self._name("writer"), "writer", **settings)
+        # stdout named: no setting is taken for it (mypy's concern with **settings).
+        return self.processes.start(self._name("writer"), "writer", stdout=None, **settings)
 
     def fetcher(self, **env: str) -> subprocess.Popen[bytes]:
         settings = {
@@ -137,7 +144,7 @@ class Pipeline:
             "SLUICEWAY_REQUEST_TIMEOUT": "5",
             **env,
         }
-        return self.processes.start(self._name("fetcher"), "fetcher", **settings)
+        return self.processes.start(self._name("fetcher"), "fetcher", stdout=None, **settings)
 
     def logs(self, role: str) -> str:
         return "\n".join(self.processes.log(f"{role}-{i}") for i in range(1, self.counts[role] + 1))
@@ -256,11 +263,8 @@ async def check_table(
         elif json.loads(row["payload"]) != landing[key]:
             check.wrong.append(key)
     buffered = await db.fetch("SELECT key FROM records_buffer WHERE pipeline = $1", pipeline)
-    info = {
-        k.decode(): json.loads(v)
-        for k, v in (await redis.hgetall(store.failed_info(pipeline))).items()
-    }
-    failed = {k.decode() for k in await redis.smembers(store.failed_set(pipeline))}
+    info = await failed_infos(redis, pipeline)
+    failed = await failed_keys(redis, pipeline)
     for key in failed:
         check.failed_checked += 1
         if key not in failing:

@@ -80,7 +80,7 @@ async def _said_the_cuts(pipe: Pipeline, proxy: TcpProxy) -> None:
             said = [json.loads(line) for line in pipe.logs(role).splitlines() if line[:1] == "{"]
             warned = [line["msg"] for line in said if line["level"] in ("warning", "error")]
             assert not [msg for msg in warned if "RobustChannel" in msg], warned
-            events = [line["msg"] for line in said if "RabbitMQ at" in line["msg"]]
+            events: list[str] = [line["msg"] for line in said if "RabbitMQ at" in line["msg"]]
             assert events, said
             for msg in events:
                 assert f":***@127.0.0.1:{proxy.port}/" in msg

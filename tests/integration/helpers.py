@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aio_pika.exceptions
 import aiohttp
+import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluiceway_common import codec, topology
+from sluiceway_common import codec, store, topology
 from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.main import serve as serve_fetcher
 from sluiceway_writer.config import WriterSettings
@@ -50,7 +53,7 @@ async def publish(
         for body in bodies:
             await channel.default_exchange.publish(
                 topology.persistent(body, **properties), routing_key=queue
-            )  # type: ignore[arg-type]
+            )
     finally:
         await channel.close()
 
@@ -86,6 +89,30 @@ async def drain(
     finally:
         await channel.close()
     return taken
+
+
+def _text(raw: bytes | str) -> str:
+    assert isinstance(raw, bytes)  # the tests' Redis clients leave decode_responses off
+    return raw.decode()
+
+
+async def failed_keys(client: aioredis.Redis, pipeline: str) -> set[str]:
+    """The pipeline's failed keys, read from Redis itself."""
+    return {_text(key) for key in await client.smembers(store.failed_set(pipeline))}
+
+
+async def failed_infos(client: aioredis.Redis, pipeline: str) -> dict[str, Any]:
+    """Each failed key's recorded reason, read from Redis itself."""
+    found = await client.hgetall(store.failed_info(pipeline))
+    return {_text(key): json.loads(info) for key, info in found.items()}
+
+
+async def failed_info(client: aioredis.Redis, pipeline: str, key: str) -> dict[str, Any]:
+    """The reason recorded for the failed ``key``."""
+    raw = await client.hget(store.failed_info(pipeline), key)
+    assert raw is not None, f"no reason recorded for {key}"
+    info: dict[str, Any] = json.loads(raw)
+    return info
 
 
 class TcpProxy:

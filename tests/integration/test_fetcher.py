@@ -22,6 +22,9 @@ from tests.integration.helpers import (
     depth,
     drain,
     eventually,
+    failed_info,
+    failed_infos,
+    failed_keys,
     http_server,
     publish,
     running_fetcher,
@@ -55,9 +58,9 @@ async def test_fetches_each_key_into_a_record_and_failures_into_the_failed_set(
         # The upstream saw each key whole: it served the user of exactly that key.
         assert json.loads(r.payload) == user(r.key)
         assert before - timedelta(seconds=1) <= r.fetched_at <= datetime.now(UTC)
-    failed = {k.decode() for k in await redis_client.smembers(store.failed_set(pipeline))}
+    failed = await failed_keys(redis_client, pipeline)
     assert failed == missing
-    info = json.loads(await redis_client.hget(store.failed_info(pipeline), min(missing)))
+    info = await failed_info(redis_client, pipeline, min(missing))
     assert info["status"] == 404
     assert info["reason"] == "HTTP 404 Not Found"
     assert datetime.fromisoformat(info["at"]) >= before - timedelta(seconds=1)
@@ -98,10 +101,7 @@ async def test_a_200_that_is_not_json_and_a_server_error_are_failures(
             await eventually(
                 lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 3)
             )
-    infos = {
-        k.decode(): json.loads(v)
-        for k, v in (await redis_client.hgetall(store.failed_info(pipeline))).items()
-    }
+    infos = await failed_infos(redis_client, pipeline)
     assert set(infos) == {"html", "boom"}
     assert infos["html"]["reason"].startswith("body is not JSON")
     assert infos["boom"]["status"] == 500
@@ -119,7 +119,7 @@ async def test_unreachable_upstream_is_recorded_as_a_connection_failure(
     await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task("k")])
     async with running_fetcher(services.amqp, services.redis, pipeline, "http://127.0.0.1:9/{key}"):
         await eventually(lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 1))
-    info = json.loads(await redis_client.hget(store.failed_info(pipeline), "k"))
+    info = await failed_info(redis_client, pipeline, "k")
     assert info["reason"].startswith("connection error")
     assert info["status"] is None
 
@@ -176,7 +176,7 @@ async def test_a_body_over_the_limit_fails_its_key_alone(
             await eventually(
                 lambda: _records_and_failed(amqp_connection, redis_client, pipeline, 2)
             )
-    info = json.loads(await redis_client.hget(store.failed_info(pipeline), "big"))
+    info = await failed_info(redis_client, pipeline, "big")
     assert info == {
         "reason": "body larger than 2048 bytes", "status": 200, "attempts": 1, "at": info["at"]
     }  # fmt: skip
@@ -282,7 +282,7 @@ async def test_passing_failures_are_retried_later_without_holding_up_other_keys(
     assert sorted(r.key for r in records) == sorted(set(keys) - {"down"})
     assert answers["flaky"] == []  # three attempts: 503, 500, then 200
     assert answers["down"] == [503]  # three attempts, then given up
-    info = json.loads(await redis_client.hget(store.failed_info(pipeline), "down"))
+    info = await failed_info(redis_client, pipeline, "down")
     assert (info["status"], info["attempts"]) == (503, 3)
     assert info["reason"] == "HTTP 503 Service Unavailable"
     # The other keys did not wait for the flaky one's retries.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from sluiceway_common import topology
 from sluiceway_operator.broker import BrokerUnreachable, DepthReader
@@ -26,8 +26,12 @@ async def test_depth_counts_unacked_messages_and_says_where_it_came_from(
     channel = await amqp_connection.channel()
     await channel.set_qos(prefetch_count=4)
     queue = await channel.get_queue(queues.records, ensure=False)
-    held: list[object] = []
-    await queue.consume(held.append)
+    held: list[AbstractIncomingMessage] = []
+
+    async def hold(message: AbstractIncomingMessage) -> None:
+        held.append(message)
+
+    await queue.consume(hold)
     await eventually(lambda: asyncio.sleep(0, len(held) == 4), what="4 deliveries")
 
     reader = DepthReader(services.amqp, services.management_api())

@@ -298,7 +298,7 @@ async def test_a_slot_its_caller_wakes_too_late_for_is_given_up(
     after_stall = limiter.late
     assert after_stall >= 1  # its slot given up (and the next too, if it also woke late)
     # The slot it went in was reserved after the stall, spaced from every other one.
-    last_slot = float(await redis_client.get(store.rate_last(pipeline)))
+    last_slot = await _last_slot(redis_client, pipeline)
     assert last_slot >= stalled_until - LATE
     # A caller on time is not counted: of ten more callers, a loaded machine may wake a few
     # late (each is then counted and takes another slot), but not all of them.
@@ -307,16 +307,23 @@ async def test_a_slot_its_caller_wakes_too_late_for_is_given_up(
     assert limiter.late - after_stall < 10
 
 
+async def _last_slot(client: aioredis.Redis, pipeline: str) -> float:
+    """The time of the last slot reserved, as the limiter keeps it in Redis."""
+    raw = await client.get(store.rate_last(pipeline))
+    assert raw is not None
+    return float(raw)
+
+
 async def test_slots_are_spaced_for_a_little_under_the_limit(
     redis_client: aioredis.Redis, pipeline: str
 ) -> None:
     # Room for the shift between a slot and its request reaching the upstream (AIM).
     limiter = SharedLimiter(redis_client, pipeline, 40)  # no burst, no spare slots
     await limiter.acquire()
-    first = float(await redis_client.get(store.rate_last(pipeline)))
+    first = await _last_slot(redis_client, pipeline)
     for _ in range(10):
         await limiter.acquire()
-    last = float(await redis_client.get(store.rate_last(pipeline)))
+    last = await _last_slot(redis_client, pipeline)
     assert last - first == pytest.approx(10 / (40 * AIM), abs=1e-6)
     assert AIM < 1
 

@@ -131,7 +131,9 @@ async def test_a_record_whose_consumer_keeps_dying_is_dead_lettered_after_the_li
     assert dead.body == body
     headers = dead.headers or {}
     assert "x-sluiceway-reason" not in headers  # the broker's doing, not the writer's
-    [death] = headers["x-death"]
+    deaths = headers["x-death"]
+    assert isinstance(deaths, list)
+    [death] = deaths
     assert isinstance(death, dict)
     assert death["reason"] == "delivery_limit"
     assert death["queue"] == queues.records
@@ -211,6 +213,7 @@ def _delivery_count(message: AbstractIncomingMessage) -> int:
 
 
 def _server_version(connection: AbstractConnection) -> tuple[int, ...]:
+    assert connection.transport is not None
     properties = connection.transport.connection.server_properties
     raw = properties.get("version", "0")
     text = raw.decode() if isinstance(raw, bytes | bytearray) else str(raw)

@@ -108,8 +108,8 @@ def test_each_image_installs_only_its_package_and_offers_its_commands(
                              check=True, env=run_env).stdout  # fmt: skip
     offered = set(re.findall(r"^    (\w[\w-]*)(?: |$)", listing, re.M))
     assert offered == own, offered
-    for command in own:
-        result = subprocess.run([sluiceway, command, "--help"], capture_output=True,
+    for subcommand in own:
+        result = subprocess.run([sluiceway, subcommand, "--help"], capture_output=True,
                                 text=True, env=run_env)  # fmt: skip
         assert result.returncode == 0, result.stderr
 

@@ -56,7 +56,7 @@ async def test_a_line_that_never_ends_is_refused_after_reading_a_bounded_amount(
 
 async def test_the_keys_before_an_overlong_line_are_handed_over_first() -> None:
     stream = io.BufferedReader(io.BytesIO(b"a\nb\n" + b"x" * 100_000 + b"\n"))
-    keys = file_keys(stream)  # type: ignore[arg-type]
+    keys = file_keys(stream)
     assert await anext(keys) == [(1, "a"), (2, "b")]
     with pytest.raises(BadInput, match="line 3: longer than 4096 bytes"):
         await anext(keys)

@@ -67,7 +67,8 @@ def test_the_chart_carries_the_crd_the_code_defines() -> None:
 
 
 def schema() -> dict[str, Any]:
-    return crd.definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    found: dict[str, Any] = crd.definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return found
 
 
 def test_the_example_pipeline_matches_the_crd_schema() -> None:
