@@ -160,12 +160,13 @@ async def running_operator() -> AsyncIterator[CollectorRegistry]:
     import sluiceway_operator.handlers  # noqa: F401 -- registers the handlers
 
     registry = CollectorRegistry()
-    metrics.install(registry)
+    memo = kopf.Memo(metrics=metrics.register(registry))
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True  # kmock serves no cluster-wide resource scanning
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(kopf.operator(
-        standalone=True, namespaces=[NAMESPACE], settings=settings, stop_flag=stop))  # fmt: skip
+        standalone=True, namespaces=[NAMESPACE], settings=settings, stop_flag=stop,
+        memo=memo))  # fmt: skip
     try:
         yield registry
     finally:

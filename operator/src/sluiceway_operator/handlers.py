@@ -17,9 +17,10 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from sluiceway_common import store
-from sluiceway_operator import crd, manifests, metrics
+from sluiceway_operator import crd, manifests
 from sluiceway_operator.controller import Controller, Event, SecretProblem, read_connections
 from sluiceway_operator.kube import Kube, KubeError
+from sluiceway_operator.metrics import OperatorMetrics
 from sluiceway_operator.spec import InvalidSpec, parse
 
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
@@ -67,6 +68,7 @@ async def pipeline_loop(name: str, namespace: str | None, uid: str, body: kopf.B
         logger.info("%s: %s", reason, message)
 
     controller = Controller(kube=kube, post=post, clock=time.monotonic)
+    recorder: OperatorMetrics | None = memo.get("metrics")
     wake = _wake.setdefault(uid, asyncio.Event())
     # What this loop last wrote: the body's status, seen through the watch, can lag behind
     # it, and a stale status would repeat the steps it records (an Event, a Redis write).
@@ -83,11 +85,11 @@ async def pipeline_loop(name: str, namespace: str | None, uid: str, body: kopf.B
                 if generation is not None:
                     status["observedGeneration"] = generation  # the spec this status answers
                 await kube.patch("Pipeline", namespace, name, {"status": status}, sub="status")
-                if (recorder := metrics.installed()) is not None:
+                if recorder is not None:
                     recorder.record(namespace, name, previous, status)
                 written = status
             except Exception as exc:
-                if (recorder := metrics.installed()) is not None:
+                if recorder is not None:
                     recorder.reconcile_errors.labels(namespace, name).inc()
                 if isinstance(exc, KubeError):
                     logger.warning("reconcile: the API server refused: %s", exc)
@@ -116,7 +118,7 @@ async def deleted(name: str, namespace: str | None, spec: kopf.Spec, memo: Any,
                   logger: kopf.Logger, **_: Any) -> None:  # fmt: skip
     assert namespace is not None
     kube: Kube = memo["kube"]
-    if (recorder := metrics.installed()) is not None:
+    if isinstance(recorder := memo.get("metrics"), OperatorMetrics):
         recorder.forget(namespace, name)
     try:
         pipeline = parse(name, namespace, dict(spec))
