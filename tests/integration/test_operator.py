@@ -103,25 +103,31 @@ class Cluster:
         return seen
 
 
+def operator_requests(api: kmock.KubernetesEmulator) -> list[kmock.Request]:
+    """The requests the operator made of the API (kopf's and its own client's)."""
+    return [request for request in api if request.headers.get("User-Agent") != TEST_AGENT]
+
+
+def method(request: kmock.Request) -> str:
+    return str(request.method.value if hasattr(request.method, "value") else
+               request.method).upper()  # fmt: skip
+
+
 def operator_access(api: kmock.KubernetesEmulator) -> set[tuple[str, str, str]]:
     """(API group, resource[/subresource], verb) of every request the operator made."""
     used = set()
-    for request in api:
-        if request.headers.get("User-Agent") == TEST_AGENT:
-            continue
+    for request in operator_requests(api):
         if request.resource is None or request.resource.plural is None:
             continue  # API discovery, which every authenticated user may read
         resource = request.resource.plural
         if request.subresource:
             resource += "/" + request.subresource
-        method = str(request.method.value if hasattr(request.method, "value") else
-                     request.method).upper()  # fmt: skip
-        if method == "GET":
+        if method(request) == "GET":
             watching = request.params.get("watch") in ("true", "1")
             verb = "get" if request.name else "watch" if watching else "list"
         else:
             verb = {"POST": "create", "PATCH": "patch", "PUT": "update",
-                    "DELETE": "delete"}[method]  # fmt: skip
+                    "DELETE": "delete"}[method(request)]  # fmt: skip
         used.add((request.resource.group or "", resource, verb))
     return used
 
@@ -332,6 +338,13 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
                 ("", "namespaces", "list"), ("", "namespaces", "watch")}  # fmt: skip
     assert operator_access(cluster.api) == granted - scanning
 
+    # The Pipeline and its status are written by kopf alone.
+    requests = operator_requests(cluster.api)
+    writes = [r for r in requests if r.resource is not None and method(r) != "GET"
+              and r.resource.plural == "pipelines"]  # fmt: skip
+    assert any(r.subresource == "status" for r in writes)
+    assert {r.headers["User-Agent"].split("/")[0] for r in writes} == {"kopf"}
+
     messages = caplog.text
     for reason in ("MigrationStarted", "MigrationSucceeded", "ScaledWriters", "RateLimitSet"):
         assert reason in messages
@@ -341,9 +354,9 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
 
 async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_freezes_scaling(
     cluster: Cluster, services: ServiceUrls, amqp_connection: AbstractConnection,
-    pipeline: str, monkeypatch: pytest.MonkeyPatch,
+    pipeline: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr("sluiceway_operator.controller.MIGRATION_RETRY_FIRST", 1.0)
+    monkeypatch.setattr("sluiceway_operator.migration.MIGRATION_RETRY_FIRST", 1.0)
 
     def secret(amqp: str, management: str) -> dict[str, Any]:
         values = {
@@ -402,6 +415,7 @@ async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_fr
             "Pipeline", "orders", lambda p: p["status"].get("phase") == "Failed",
             "phase Failed")  # fmt: skip
         assert "BackoffLimitExceeded" in failed["status"]["message"]
+        retry_at = failed["status"]["migration"]["nextAttemptTime"]
         assert replicas(await cluster.get("Deployment", "orders-writer") or {}) == 0
         # After the backoff the failed Job is replaced by a fresh one (attempt 2).
         await cluster.until("Pipeline", "orders",
@@ -411,6 +425,10 @@ async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_fr
         fresh = await cluster.get("Job", job)
         assert fresh is not None
         assert not fresh.get("status")
+        # kopf ran the migration again, after the delay its TemporaryError named.
+        assert (f"Timer 'migrate' failed temporarily: migration Job {job} failed "
+                f"(BackoffLimitExceeded: Job has reached the specified backoff limit); run "
+                f"again at {retry_at}") in caplog.text  # fmt: skip
         await cluster.patch("Job", job, {"status": {"conditions": [
             {"type": "Complete", "status": "True"}]}})  # fmt: skip
         await cluster.until("Deployment", "orders-writer", lambda d: replicas(d) == 2,
@@ -460,6 +478,43 @@ async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_fr
         assert "guest:guest" not in str(lost["status"])
         await asyncio.sleep(2.5)  # more polls without a reading
         assert replicas(await cluster.get("Deployment", "orders-writer") or {}) == 2
+
+
+async def test_a_change_to_a_pipeline_is_acted_on_at_once_not_at_its_next_poll(
+    cluster: Cluster, services: ServiceUrls, redis_client: aioredis.Redis, pipeline: str,
+) -> None:  # fmt: skip
+    values = {"DATABASE_URL": services.database, "AMQP_URL": services.amqp,
+              "REDIS_URL": services.redis, "MANAGEMENT_URL": services.management_api()}  # fmt: skip
+    await cluster.create({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "conn", "namespace": NAMESPACE},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    })  # fmt: skip
+    async with running_operator():
+        await cluster.create({
+            "apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "Pipeline",
+            "metadata": {"name": "slow", "namespace": NAMESPACE, "uid": "uid-slow",
+                         "resourceVersion": "1"},
+            "spec": {"pipeline": pipeline, "connectionsSecret": "conn",
+                     "image": {"repository": "registry.example/sluiceway", "tag": "1.0"},
+                     "source": {"url": "https://api.example.com/users/{key}", "rateLimit": 5},
+                     "pollIntervalSeconds": 3600},
+        })  # fmt: skip
+        # Both timers run at once the first time...
+        await cluster.until("Pipeline", "slow", lambda p: p.get("status", {}).get("phase")
+                            == "Migrating", "migration started")  # fmt: skip
+
+        async def rate_in_redis(value: bytes) -> bool:
+            return await redis_client.get(store.rate_limit(pipeline)) == value
+
+        await eventually(lambda: rate_in_redis(b"5"), what="the first rate limit in Redis")
+
+        # ... and again as soon as the Pipeline changes, an hour before their next poll.
+        await cluster.patch("Pipeline", "slow", {"spec": {"source": {"rateLimit": 8}}})
+        await eventually(lambda: rate_in_redis(b"8"), within=10, what="the new rate limit")
+        await cluster.patch("Pipeline", "slow", {"spec": {"image": {"tag": "2.0"}}})
+        await cluster.until("Pipeline", "slow", lambda p: p["status"]["migration"][
+            "image"].endswith(":2.0"), "the new image's migration", within=10)  # fmt: skip
 
 
 async def test_the_operator_command_serves_its_metrics_and_probes(

@@ -1,7 +1,7 @@
 """A small Kubernetes API client for the objects the operator keeps (httpx).
 
-kopf watches Pipelines and posts Events with its own client; the children (ConfigMaps,
-Deployments, Jobs), the connections Secret and the Pipeline's status go through this one,
+kopf watches Pipelines, patches their status and posts Events with its own client; the
+children (ConfigMaps, Deployments, Jobs) and the connections Secret go through this one,
 which logs in with the same credentials kopf found (kubeconfig or the pod's service
 account), and logs in again when the API server answers 401 (a service-account token is
 rotated under a running pod).
@@ -128,12 +128,18 @@ class Kube:
                                params={"labelSelector": selector})  # fmt: skip
         return list((doc or {}).get("items") or [])
 
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, body: dict[str, Any]) -> bool:
+        """Create ``body``; False when an object of its name is there already."""
         meta = body["metadata"]
-        doc = await self._json("POST", self.path(body["kind"], meta["namespace"]), json=body)
+        try:
+            doc = await self._json("POST", self.path(body["kind"], meta["namespace"]), json=body)
+        except KubeError as exc:
+            if exc.status == 409:
+                return False
+            raise
         if doc is None:
             raise KubeError(404, f"namespace {meta['namespace']} not found")
-        return doc
+        return True
 
     async def patch(self, kind: str, namespace: str, name: str, changes: dict[str, Any],
                     sub: str | None = None) -> dict[str, Any] | None:  # fmt: skip
@@ -152,7 +158,11 @@ class Kube:
         meta = body["metadata"]
         current = await self.get(body["kind"], meta["namespace"], meta["name"])
         if current is None:
-            return await self.create(body)
+            await self.create(body)
+            return body
         changes = {key: value for key, value in body.items() if key not in ("apiVersion", "kind")}
         patched = await self.patch(body["kind"], meta["namespace"], meta["name"], changes)
-        return patched if patched is not None else await self.create(body)
+        if patched is None:
+            await self.create(body)
+            return body
+        return patched
