@@ -4,7 +4,8 @@ records queue, paused, given a new rate limit, and deleted with its children.
 
 kmock runs no controllers: no pods start, Jobs finish only when the test says so, and
 owner references collect nothing, which is why the operator deletes a Pipeline's children
-itself.
+itself. Nor does it know server-side apply: :class:`ApplyingEmulator` adds what the operator
+relies on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import httpx
 import kmock
 import kopf
@@ -28,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from sluiceway_common import store, topology
 from sluiceway_operator import crd, metrics
+from sluiceway_operator.kube import FIELD_MANAGER
 from tests.chart.test_chart import grants, kinds, render
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import eventually, free_port, get, publish, until_ready
@@ -47,12 +50,55 @@ RESOURCES = {
     "apps/v1/deployments": ("Deployment", True),
     "batch/v1/jobs": ("Job", True),
 }
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+class ApplyingEmulator(kmock.KubernetesEmulator):
+    """kmock's in-memory API server, with two things of the real one that the operator's
+    client (lightkube) relies on.
+
+    A server-side apply (``PATCH`` as ``application/apply-patch+yaml``) of an object that is
+    not there creates it, where kmock answers any ``PATCH`` of a missing object with 404; the
+    API server authorizes such a request as ``create`` as well as ``patch``, so the requests
+    that created are kept (``created_by_apply``). An apply to an existing object is merged as
+    kmock merges every patch. Not emulated: field ownership (a field left out of the next
+    apply stays, where the API server would remove it), conflicts with other field managers,
+    and so what ``force`` overrides.
+
+    Errors are ``application/json`` exactly, as the API server sends them (kmock adds a
+    charset): lightkube raises its ``ApiError``, with the status code, only then.
+    """
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.created_by_apply: set[int] = set()
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        content_type = request.headers.get("Content-Type", "")
+        if request.resource is not None and request.name is not None and (
+                content_type.startswith(APPLY_PATCH)):  # fmt: skip
+            key = (request.resource, request.namespace, request.name)
+            async with self._lock:
+                if key not in self._objects or self._objects[key].deleted:
+                    if key in self._objects:
+                        self._objects[key].create(request.data)
+                    else:
+                        self._objects[key] = request.data
+                    self.created_by_apply.add(request.id)
+                    added = {"type": "ADDED", "object": self._objects[key].last.raw}
+                    await self._buses[request.resource].put(added)
+        return await super()._handle(request)
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        response = await super()._render_error(exc)
+        response.charset = None
+        return response
 
 
 class Cluster:
     """The test's side of the API: plain HTTP, as kubectl would send it."""
 
-    def __init__(self, url: str, api: kmock.KubernetesEmulator) -> None:
+    def __init__(self, url: str, api: ApplyingEmulator) -> None:
         # Marked, so that what the operator sent can be told from what the test did.
         self.http = httpx.AsyncClient(base_url=url, headers={"User-Agent": TEST_AGENT})
         self.api = api
@@ -103,7 +149,7 @@ class Cluster:
         return seen
 
 
-def operator_requests(api: kmock.KubernetesEmulator) -> list[kmock.Request]:
+def operator_requests(api: ApplyingEmulator) -> list[kmock.Request]:
     """The requests the operator made of the API (kopf's and its own client's)."""
     return [request for request in api if request.headers.get("User-Agent") != TEST_AGENT]
 
@@ -113,8 +159,9 @@ def method(request: kmock.Request) -> str:
                request.method).upper()  # fmt: skip
 
 
-def operator_access(api: kmock.KubernetesEmulator) -> set[tuple[str, str, str]]:
-    """(API group, resource[/subresource], verb) of every request the operator made."""
+def operator_access(api: ApplyingEmulator) -> set[tuple[str, str, str]]:
+    """(API group, resource[/subresource], verb) of every request the operator made, as the
+    API server authorizes them."""
     used = set()
     for request in operator_requests(api):
         if request.resource is None or request.resource.plural is None:
@@ -129,6 +176,8 @@ def operator_access(api: kmock.KubernetesEmulator) -> set[tuple[str, str, str]]:
             verb = {"POST": "create", "PATCH": "patch", "PUT": "update",
                     "DELETE": "delete"}[method(request)]  # fmt: skip
         used.add((request.resource.group or "", resource, verb))
+        if request.id in api.created_by_apply:
+            used.add((request.resource.group or "", resource, "create"))
     return used
 
 
@@ -138,7 +187,7 @@ def replicas(doc: dict[str, Any]) -> int:
 
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
-    async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
+    async with ApplyingEmulator() as api, kmock.Server(api) as server:
         for resource, (kind, namespaced) in RESOURCES.items():
             api.resources[resource] = kmock.ResourceInfo(
                 kind=kind, namespaced=namespaced, verbs=VERBS,
@@ -338,8 +387,18 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
                 ("", "namespaces", "list"), ("", "namespaces", "watch")}  # fmt: skip
     assert operator_access(cluster.api) == granted - scanning
 
-    # The Pipeline and its status are written by kopf alone.
+    # The children are applied server-side, by the operator's field manager and forced (only
+    # Jobs are created); the Pipeline and its status are written by kopf alone.
     requests = operator_requests(cluster.api)
+    children = [r for r in requests if r.resource is not None and method(r) != "GET"
+                and r.resource.plural in ("configmaps", "deployments")]  # fmt: skip
+    applies = [r for r in children if method(r) == "PATCH"]
+    assert applies
+    for request in applies:
+        assert request.headers["Content-Type"].startswith(APPLY_PATCH)
+        assert (request.params["fieldManager"], request.params["force"]) == (
+            FIELD_MANAGER, "true")  # fmt: skip
+    assert [method(r) for r in children if method(r) != "DELETE"] == ["PATCH"] * len(applies)
     writes = [r for r in requests if r.resource is not None and method(r) != "GET"
               and r.resource.plural == "pipelines"]  # fmt: skip
     assert any(r.subresource == "status" for r in writes)

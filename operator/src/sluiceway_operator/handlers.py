@@ -27,11 +27,12 @@ from typing import Any
 import kopf
 import redis.asyncio as aioredis
 import redis.exceptions
+from lightkube import ApiError
 
 from sluiceway_common import store
 from sluiceway_operator import crd, manifests, migration
 from sluiceway_operator.controller import Controller, SecretProblem, read_connections
-from sluiceway_operator.kube import Kube, KubeError
+from sluiceway_operator.kube import Kube
 from sluiceway_operator.metrics import OperatorMetrics
 from sluiceway_operator.migration import Event
 from sluiceway_operator.poll import Poll
@@ -95,15 +96,6 @@ def interval(spec: kopf.Spec) -> float:
     return float(spec.get("pollIntervalSeconds") or DEFAULT_POLL)
 
 
-def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
-    """The credentials kopf itself would find: the pod's service account, else kubeconfig."""
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings)  # fmt: skip
-    if info is None:
-        raise kopf.PermanentError("no Kubernetes credentials: not in a pod, no kubeconfig")
-    return info
-
-
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = "sluiceway.io/finalizer"
@@ -112,7 +104,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prefix="sluiceway.io", key="last-handled-configuration")  # fmt: skip
     settings.posting.level = logging.INFO  # scale events are Normal events
     if "kube" not in memo:
-        memo["kube"] = Kube(lambda: login(settings))
+        memo["kube"] = Kube()
     memo.setdefault("pipelines", {})
 
 
@@ -145,7 +137,7 @@ async def reconcile(name: str, namespace: str | None, uid: str, body: kopf.Body,
     except Exception as exc:
         if recorder is not None:
             recorder.reconcile_errors.labels(namespace, name).inc()
-        if isinstance(exc, KubeError):
+        if isinstance(exc, ApiError):
             raise kopf.TemporaryError(f"the API server refused: {exc}", delay=every) from exc
         raise
     if status is None:
@@ -176,7 +168,7 @@ async def migrate(name: str, namespace: str | None, uid: str, body: kopf.Body,
             memo["kube"], spec, pipeline.status(body),
             lambda child: kopf.adopt(child, owner=body), dt.datetime.now(dt.UTC)),
             stopped)  # fmt: skip
-    except KubeError as exc:
+    except ApiError as exc:
         raise kopf.TemporaryError(f"the API server refused: {exc}", delay=every) from exc
     if outcome is None:
         return  # stopped
@@ -213,7 +205,7 @@ async def deleted(name: str, namespace: str | None, uid: str, spec: kopf.Spec, m
                         ("Deployment", manifests.fetcher_name(pipeline_spec)),
                         ("ConfigMap", manifests.config_name(pipeline_spec))):  # fmt: skip
         await kube.delete(kind, namespace, child)
-    selector = f"sluiceway.io/pipeline={name},app.kubernetes.io/component=migration"
+    selector = {"sluiceway.io/pipeline": name, "app.kubernetes.io/component": "migration"}
     for job in await kube.list("Job", namespace, selector):
         await kube.delete("Job", namespace, job["metadata"]["name"])
     # The override the operator wrote; best effort, a stale one is harmless until reused.
