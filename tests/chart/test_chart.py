@@ -124,7 +124,7 @@ NAMESPACED = {
     ("sluiceway.io", "pipelines/status"): {"patch"},
     ("apps", "deployments"): {"get", "create", "patch", "delete"},
     ("batch", "jobs"): {"get", "list", "create", "delete"},
-    ("", "configmaps"): {"get", "create", "patch", "delete"},
+    ("", "configmaps"): {"create", "patch", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
 }

@@ -4,7 +4,8 @@ records queue, paused, given a new rate limit, and deleted with its children.
 
 kmock runs no controllers: no pods start, Jobs finish only when the test says so, and
 owner references collect nothing, which is why the operator deletes a Pipeline's children
-itself.
+itself. Nor does it know server-side apply: :class:`ApplyingEmulator` adds what the operator
+relies on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import httpx
 import kmock
 import kopf
@@ -28,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from sluiceway_common import store, topology
 from sluiceway_operator import crd, metrics
+from sluiceway_operator.kube import FIELD_MANAGER
 from tests.chart.test_chart import grants, kinds, render
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import eventually, free_port, get, publish, until_ready
@@ -47,12 +50,55 @@ RESOURCES = {
     "apps/v1/deployments": ("Deployment", True),
     "batch/v1/jobs": ("Job", True),
 }
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+class ApplyingEmulator(kmock.KubernetesEmulator):
+    """kmock's in-memory API server, with two things of the real one that the operator's
+    client (lightkube) relies on.
+
+    A server-side apply (``PATCH`` as ``application/apply-patch+yaml``) of an object that is
+    not there creates it, where kmock answers any ``PATCH`` of a missing object with 404; the
+    API server authorizes such a request as ``create`` as well as ``patch``, so the requests
+    that created are kept (``created_by_apply``). An apply to an existing object is merged as
+    kmock merges every patch. Not emulated: field ownership (a field left out of the next
+    apply stays, where the API server would remove it), conflicts with other field managers,
+    and so what ``force`` overrides.
+
+    Errors are ``application/json`` exactly, as the API server sends them (kmock adds a
+    charset): lightkube raises its ``ApiError``, with the status code, only then.
+    """
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.created_by_apply: set[int] = set()
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        content_type = request.headers.get("Content-Type", "")
+        if request.resource is not None and request.name is not None and (
+                content_type.startswith(APPLY_PATCH)):  # fmt: skip
+            key = (request.resource, request.namespace, request.name)
+            async with self._lock:
+                if key not in self._objects or self._objects[key].deleted:
+                    if key in self._objects:
+                        self._objects[key].create(request.data)
+                    else:
+                        self._objects[key] = request.data
+                    self.created_by_apply.add(request.id)
+                    added = {"type": "ADDED", "object": self._objects[key].last.raw}
+                    await self._buses[request.resource].put(added)
+        return await super()._handle(request)
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        response = await super()._render_error(exc)
+        response.charset = None
+        return response
 
 
 class Cluster:
     """The test's side of the API: plain HTTP, as kubectl would send it."""
 
-    def __init__(self, url: str, api: kmock.KubernetesEmulator) -> None:
+    def __init__(self, url: str, api: ApplyingEmulator) -> None:
         # Marked, so that what the operator sent can be told from what the test did.
         self.http = httpx.AsyncClient(base_url=url, headers={"User-Agent": TEST_AGENT})
         self.api = api
@@ -103,26 +149,35 @@ class Cluster:
         return seen
 
 
-def operator_access(api: kmock.KubernetesEmulator) -> set[tuple[str, str, str]]:
-    """(API group, resource[/subresource], verb) of every request the operator made."""
+def operator_requests(api: ApplyingEmulator) -> list[kmock.Request]:
+    """The requests the operator made of the API (kopf's and its own client's)."""
+    return [request for request in api if request.headers.get("User-Agent") != TEST_AGENT]
+
+
+def method(request: kmock.Request) -> str:
+    return str(request.method.value if hasattr(request.method, "value") else
+               request.method).upper()  # fmt: skip
+
+
+def operator_access(api: ApplyingEmulator) -> set[tuple[str, str, str]]:
+    """(API group, resource[/subresource], verb) of every request the operator made, as the
+    API server authorizes them."""
     used = set()
-    for request in api:
-        if request.headers.get("User-Agent") == TEST_AGENT:
-            continue
+    for request in operator_requests(api):
         if request.resource is None or request.resource.plural is None:
             continue  # API discovery, which every authenticated user may read
         resource = request.resource.plural
         if request.subresource:
             resource += "/" + request.subresource
-        method = str(request.method.value if hasattr(request.method, "value") else
-                     request.method).upper()  # fmt: skip
-        if method == "GET":
+        if method(request) == "GET":
             watching = request.params.get("watch") in ("true", "1")
             verb = "get" if request.name else "watch" if watching else "list"
         else:
             verb = {"POST": "create", "PATCH": "patch", "PUT": "update",
-                    "DELETE": "delete"}[method]  # fmt: skip
+                    "DELETE": "delete"}[method(request)]  # fmt: skip
         used.add((request.resource.group or "", resource, verb))
+        if request.id in api.created_by_apply:
+            used.add((request.resource.group or "", resource, "create"))
     return used
 
 
@@ -132,7 +187,7 @@ def replicas(doc: dict[str, Any]) -> int:
 
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
-    async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
+    async with ApplyingEmulator() as api, kmock.Server(api) as server:
         for resource, (kind, namespaced) in RESOURCES.items():
             api.resources[resource] = kmock.ResourceInfo(
                 kind=kind, namespaced=namespaced, verbs=VERBS,
@@ -160,12 +215,13 @@ async def running_operator() -> AsyncIterator[CollectorRegistry]:
     import sluiceway_operator.handlers  # noqa: F401 -- registers the handlers
 
     registry = CollectorRegistry()
-    metrics.install(registry)
+    memo = kopf.Memo(metrics=metrics.register(registry))
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True  # kmock serves no cluster-wide resource scanning
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(kopf.operator(
-        standalone=True, namespaces=[NAMESPACE], settings=settings, stop_flag=stop))  # fmt: skip
+        standalone=True, namespaces=[NAMESPACE], settings=settings, stop_flag=stop,
+        memo=memo))  # fmt: skip
     try:
         yield registry
     finally:
@@ -331,6 +387,23 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
                 ("", "namespaces", "list"), ("", "namespaces", "watch")}  # fmt: skip
     assert operator_access(cluster.api) == granted - scanning
 
+    # The children are applied server-side, by the operator's field manager and forced (only
+    # Jobs are created); the Pipeline and its status are written by kopf alone.
+    requests = operator_requests(cluster.api)
+    children = [r for r in requests if r.resource is not None and method(r) != "GET"
+                and r.resource.plural in ("configmaps", "deployments")]  # fmt: skip
+    applies = [r for r in children if method(r) == "PATCH"]
+    assert applies
+    for request in applies:
+        assert request.headers["Content-Type"].startswith(APPLY_PATCH)
+        assert (request.params["fieldManager"], request.params["force"]) == (
+            FIELD_MANAGER, "true")  # fmt: skip
+    assert [method(r) for r in children if method(r) != "DELETE"] == ["PATCH"] * len(applies)
+    writes = [r for r in requests if r.resource is not None and method(r) != "GET"
+              and r.resource.plural == "pipelines"]  # fmt: skip
+    assert any(r.subresource == "status" for r in writes)
+    assert {r.headers["User-Agent"].split("/")[0] for r in writes} == {"kopf"}
+
     messages = caplog.text
     for reason in ("MigrationStarted", "MigrationSucceeded", "ScaledWriters", "RateLimitSet"):
         assert reason in messages
@@ -340,9 +413,9 @@ async def test_a_pipeline_is_deployed_migrated_scaled_paused_and_deleted(
 
 async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_freezes_scaling(
     cluster: Cluster, services: ServiceUrls, amqp_connection: AbstractConnection,
-    pipeline: str, monkeypatch: pytest.MonkeyPatch,
+    pipeline: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr("sluiceway_operator.controller.MIGRATION_RETRY_FIRST", 1.0)
+    monkeypatch.setattr("sluiceway_operator.migration.MIGRATION_RETRY_FIRST", 1.0)
 
     def secret(amqp: str, management: str) -> dict[str, Any]:
         values = {
@@ -401,6 +474,7 @@ async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_fr
             "Pipeline", "orders", lambda p: p["status"].get("phase") == "Failed",
             "phase Failed")  # fmt: skip
         assert "BackoffLimitExceeded" in failed["status"]["message"]
+        retry_at = failed["status"]["migration"]["nextAttemptTime"]
         assert replicas(await cluster.get("Deployment", "orders-writer") or {}) == 0
         # After the backoff the failed Job is replaced by a fresh one (attempt 2).
         await cluster.until("Pipeline", "orders",
@@ -410,6 +484,10 @@ async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_fr
         fresh = await cluster.get("Job", job)
         assert fresh is not None
         assert not fresh.get("status")
+        # kopf ran the migration again, after the delay its TemporaryError named.
+        assert (f"Timer 'migrate' failed temporarily: migration Job {job} failed "
+                f"(BackoffLimitExceeded: Job has reached the specified backoff limit); run "
+                f"again at {retry_at}") in caplog.text  # fmt: skip
         await cluster.patch("Job", job, {"status": {"conditions": [
             {"type": "Complete", "status": "True"}]}})  # fmt: skip
         await cluster.until("Deployment", "orders-writer", lambda d: replicas(d) == 2,
@@ -459,6 +537,43 @@ async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_fr
         assert "guest:guest" not in str(lost["status"])
         await asyncio.sleep(2.5)  # more polls without a reading
         assert replicas(await cluster.get("Deployment", "orders-writer") or {}) == 2
+
+
+async def test_a_change_to_a_pipeline_is_acted_on_at_once_not_at_its_next_poll(
+    cluster: Cluster, services: ServiceUrls, redis_client: aioredis.Redis, pipeline: str,
+) -> None:  # fmt: skip
+    values = {"DATABASE_URL": services.database, "AMQP_URL": services.amqp,
+              "REDIS_URL": services.redis, "MANAGEMENT_URL": services.management_api()}  # fmt: skip
+    await cluster.create({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "conn", "namespace": NAMESPACE},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    })  # fmt: skip
+    async with running_operator():
+        await cluster.create({
+            "apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "Pipeline",
+            "metadata": {"name": "slow", "namespace": NAMESPACE, "uid": "uid-slow",
+                         "resourceVersion": "1"},
+            "spec": {"pipeline": pipeline, "connectionsSecret": "conn",
+                     "image": {"repository": "registry.example/sluiceway", "tag": "1.0"},
+                     "source": {"url": "https://api.example.com/users/{key}", "rateLimit": 5},
+                     "pollIntervalSeconds": 3600},
+        })  # fmt: skip
+        # Both timers run at once the first time...
+        await cluster.until("Pipeline", "slow", lambda p: p.get("status", {}).get("phase")
+                            == "Migrating", "migration started")  # fmt: skip
+
+        async def rate_in_redis(value: bytes) -> bool:
+            return await redis_client.get(store.rate_limit(pipeline)) == value
+
+        await eventually(lambda: rate_in_redis(b"5"), what="the first rate limit in Redis")
+
+        # ... and again as soon as the Pipeline changes, an hour before their next poll.
+        await cluster.patch("Pipeline", "slow", {"spec": {"source": {"rateLimit": 8}}})
+        await eventually(lambda: rate_in_redis(b"8"), within=10, what="the new rate limit")
+        await cluster.patch("Pipeline", "slow", {"spec": {"image": {"tag": "2.0"}}})
+        await cluster.until("Pipeline", "slow", lambda p: p["status"]["migration"][
+            "image"].endswith(":2.0"), "the new image's migration", within=10)  # fmt: skip
 
 
 async def test_the_operator_command_serves_its_metrics_and_probes(

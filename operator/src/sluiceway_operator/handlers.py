@@ -1,39 +1,99 @@
-"""The kopf handlers: thin; the work is in :mod:`sluiceway_operator.controller`.
+"""The kopf handlers: thin; the work is in :mod:`~sluiceway_operator.controller` and
+:mod:`~sluiceway_operator.migration`.
 
-A daemon per Pipeline runs its reconcile loop for as long as the Pipeline exists; a change
-to the Pipeline (spec or annotations) wakes the loop at once instead of at its next poll;
-deleting the Pipeline deletes its children (owner references would too, but not before
-the garbage collector gets to them) and the rate-limit override it wrote to Redis.
+Two timers run for each Pipeline, each every ``pollIntervalSeconds`` and at once when the
+Pipeline changes (see :mod:`~sluiceway_operator.poll`): ``reconcile`` (children, writers,
+rate limit, phase and conditions) and ``migrate`` (the migration gate, ``status.migration``
+and ``status.writerImage``). Each leaves its part of the status on kopf's ``patch``, which
+kopf applies as the timer returns; a failed migration is run again by kopf, after the delay
+its ``kopf.TemporaryError`` names. Deleting a Pipeline deletes its children (owner references
+would too, but not before the garbage collector gets to them) and the rate-limit override it
+wrote to Redis.
+
+Per Pipeline, kopf's memo keeps a :class:`Kept`; the operator-wide memo keeps the
+Kubernetes client (``kube``), the metrics (``metrics``, when ``sluiceway operator`` passes
+them) and every Kept by uid (``pipelines``), to close their connections at exit.
 """
 
 from __future__ import annotations
 
-import asyncio
+import datetime as dt
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 import redis.asyncio as aioredis
 import redis.exceptions
+from lightkube import ApiError
 
 from sluiceway_common import store
-from sluiceway_operator import crd, manifests, metrics
-from sluiceway_operator.controller import Controller, Event, SecretProblem, read_connections
-from sluiceway_operator.kube import Kube, KubeError
+from sluiceway_operator import crd, manifests, migration
+from sluiceway_operator.controller import Controller, SecretProblem, read_connections
+from sluiceway_operator.kube import Kube
+from sluiceway_operator.metrics import OperatorMetrics
+from sluiceway_operator.migration import Event
+from sluiceway_operator.poll import Poll
 from sluiceway_operator.spec import InvalidSpec, parse
 
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
-# Wakes a Pipeline's loop when the Pipeline changes (keyed by uid).
-_wake: dict[str, asyncio.Event] = {}
+DEFAULT_POLL = float(crd.SPEC["properties"]["pollIntervalSeconds"]["default"])
 
 
-def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
-    """The credentials kopf itself would find: the pod's service account, else kubeconfig."""
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings)  # fmt: skip
-    if info is None:
-        raise kopf.PermanentError("no Kubernetes credentials: not in a pod, no kubeconfig")
-    return info
+@dataclass
+class Kept:
+    """What the operator keeps in memory for one Pipeline, between its timers' runs."""
+
+    controller: Controller
+    reconcile: Poll = field(default_factory=Poll)
+    migrate: Poll = field(default_factory=Poll)
+    # The status as this operator last wrote it: the body's, seen through the watch, can lag
+    # behind, and a stale one would repeat the steps it records (an Event, a Redis write).
+    written: dict[str, Any] = field(default_factory=dict)
+
+    def status(self, body: kopf.Body) -> dict[str, Any]:
+        return {**dict(body.status), **self.written}
+
+    def write(self, patch: kopf.Patch, body: kopf.Body, status: dict[str, Any]) -> bool:
+        """Put on kopf's ``patch`` the fields of ``status`` that the Pipeline, as last seen,
+        does not have already (a field written but not seen yet is written again: the same
+        value, harmless, where a patch kopf could not apply would otherwise stay lost).
+        True when ``status`` says something new."""
+        seen, known = body.status, self.status(body)
+        patch.status.update({key: value for key, value in status.items()
+                             if seen.get(key) != value})  # fmt: skip
+        self.written.update(status)
+        return any(known.get(key) != value for key, value in status.items())
+
+
+def poster(body: kopf.Body, logger: kopf.Logger) -> Callable[[Event], None]:
+    def post(event: Event) -> None:
+        kind, reason, message = event
+        kopf.event(body, type=kind, reason=reason, message=message)
+        logger.info("%s: %s", reason, message)
+
+    return post
+
+
+def kept(memo: kopf.Memo, uid: str, body: kopf.Body, logger: kopf.Logger) -> Kept:
+    """The Pipeline's :class:`Kept`, made on first use."""
+    if "kept" not in memo:
+        controller = Controller(kube=memo["kube"], post=poster(body, logger), clock=time.monotonic)
+        memo["kept"] = memo["pipelines"][uid] = Kept(controller)
+    found: Kept = memo["kept"]
+    return found
+
+
+def timer_kwargs(kwargs: dict[str, Any]) -> tuple[int, kopf.DaemonStopped]:
+    """``retry`` (0, or how many times kopf ran the timer again after an error) and
+    ``stopped``: kopf passes both to timers, but its TimerFn type does not name them."""
+    return int(kwargs["retry"]), kwargs["stopped"]
+
+
+def interval(spec: kopf.Spec) -> float:
+    return float(spec.get("pollIntervalSeconds") or DEFAULT_POLL)
 
 
 @kopf.on.startup()
@@ -42,101 +102,120 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="sluiceway.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="sluiceway.io", key="last-handled-configuration")  # fmt: skip
-    settings.posting.level = 20  # INFO: scale events are Normal events
+    settings.posting.level = logging.INFO  # scale events are Normal events
     if "kube" not in memo:
-        memo["kube"] = Kube(lambda: login(settings))
+        memo["kube"] = Kube()
+    memo.setdefault("pipelines", {})
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    kube = memo.get("kube")
-    if isinstance(kube, Kube):
+    for each in memo.get("pipelines", {}).values():
+        await each.controller.close()
+    if isinstance(kube := memo.get("kube"), Kube):
         await kube.close()
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=10.0)
-async def pipeline_loop(name: str, namespace: str | None, uid: str, body: kopf.Body,
-                        stopped: kopf.DaemonStopped, memo: Any, logger: kopf.Logger,
-                        **_: Any) -> None:  # fmt: skip
+# interval 0: each Pipeline's own interval is waited out in the handler (see poll); an
+# unexpected error is logged by kopf with its traceback and retried after its backoff.
+@kopf.timer(*RESOURCE, interval=0, backoff=DEFAULT_POLL)
+async def reconcile(name: str, namespace: str | None, uid: str, body: kopf.Body,
+                    patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+                    **kwargs: Any) -> None:  # fmt: skip
     assert namespace is not None  # Pipelines are namespaced
-    kube: Kube = memo["kube"]
-
-    async def post(event: Event) -> None:
-        kind, reason, message = event
-        kopf.event(body, type=kind, reason=reason, message=message)
-        logger.info("%s: %s", reason, message)
-
-    controller = Controller(kube=kube, post=post, clock=time.monotonic)
-    wake = _wake.setdefault(uid, asyncio.Event())
-    # What this loop last wrote: the body's status, seen through the watch, can lag behind
-    # it, and a stale status would repeat the steps it records (an Event, a Redis write).
-    written: dict[str, Any] = {}
+    retry, stopped = timer_kwargs(kwargs)
+    pipeline = kept(memo, uid, body, logger)
+    every = interval(body.spec)
+    if retry == 0 and not await pipeline.reconcile.due(every, stopped):
+        return
+    before = pipeline.status(body)
+    recorder: OperatorMetrics | None = memo.get("metrics")
     try:
-        while not stopped:
-            wake.clear()
-            previous = {**dict(body.status), **written}
-            try:
-                status = await controller.tick(
-                    name, namespace, dict(body.spec), dict(body.metadata.annotations),
-                    previous, lambda child: kopf.adopt(child, owner=body))  # fmt: skip
-                generation = body.metadata.get("generation")
-                if generation is not None:
-                    status["observedGeneration"] = generation  # the spec this status answers
-                await kube.patch("Pipeline", namespace, name, {"status": status}, sub="status")
-                if (recorder := metrics.installed()) is not None:
-                    recorder.record(namespace, name, previous, status)
-                written = status
-            except Exception as exc:
-                if (recorder := metrics.installed()) is not None:
-                    recorder.reconcile_errors.labels(namespace, name).inc()
-                if isinstance(exc, KubeError):
-                    logger.warning("reconcile: the API server refused: %s", exc)
-                else:
-                    # Keep the loop alive: one bad tick must not leave the writers unscaled.
-                    logger.exception("reconcile failed; trying again at the next poll")
-            interval = float(body.spec.get("pollIntervalSeconds") or 10)
-            # Until the next poll, a change to the Pipeline, or the daemon being stopped.
-            waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
-            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-            for waiting in waits:
-                waiting.cancel()
-    finally:
-        _wake.pop(uid, None)
-        await controller.close()
+        status = await pipeline.reconcile.run(pipeline.controller.tick(
+            name, namespace, dict(body.spec), dict(body.metadata.annotations), before,
+            lambda child: kopf.adopt(child, owner=body)), stopped)  # fmt: skip
+    except Exception as exc:
+        if recorder is not None:
+            recorder.reconcile_errors.labels(namespace, name).inc()
+        if isinstance(exc, ApiError):
+            raise kopf.TemporaryError(f"the API server refused: {exc}", delay=every) from exc
+        raise
+    if status is None:
+        return  # stopped
+    if (generation := body.metadata.get("generation")) is not None:
+        status["observedGeneration"] = generation  # the spec this status answers
+    pipeline.write(patch, body, status)
+    if recorder is not None:
+        recorder.record(namespace, name, before, status)
+
+
+@kopf.timer(*RESOURCE, interval=0, backoff=DEFAULT_POLL)
+async def migrate(name: str, namespace: str | None, uid: str, body: kopf.Body,
+                  patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+                  **kwargs: Any) -> None:  # fmt: skip
+    assert namespace is not None
+    retry, stopped = timer_kwargs(kwargs)
+    pipeline = kept(memo, uid, body, logger)
+    if retry == 0 and not await pipeline.migrate.due(interval(body.spec), stopped):
+        return
+    try:
+        spec = parse(name, namespace, dict(body.spec))
+    except InvalidSpec:
+        return  # the reconcile reports it
+    every = interval(body.spec)
+    try:
+        outcome = await pipeline.migrate.run(migration.step(
+            memo["kube"], spec, pipeline.status(body),
+            lambda child: kopf.adopt(child, owner=body), dt.datetime.now(dt.UTC)),
+            stopped)  # fmt: skip
+    except ApiError as exc:
+        raise kopf.TemporaryError(f"the API server refused: {exc}", delay=every) from exc
+    if outcome is None:
+        return  # stopped
+    for event in outcome.events:
+        pipeline.controller.post(event)
+    if pipeline.write(patch, body, outcome.status):
+        pipeline.reconcile.changed.set()  # the phase, and the writers' image, follow at once
+    if outcome.retry_in is not None:
+        raise kopf.TemporaryError(outcome.message, delay=outcome.retry_in)
 
 
 @kopf.on.update(*RESOURCE)
-def changed(uid: str, **_: Any) -> None:
-    if uid in _wake:
-        _wake[uid].set()
+def changed(memo: kopf.Memo, **_: Any) -> None:
+    """A change to the spec or the annotations: both timers run now, not at their next poll."""
+    if isinstance(pipeline := memo.get("kept"), Kept):
+        pipeline.reconcile.changed.set()
+        pipeline.migrate.changed.set()
 
 
 @kopf.on.delete(*RESOURCE)
-async def deleted(name: str, namespace: str | None, spec: kopf.Spec, memo: Any,
+async def deleted(name: str, namespace: str | None, uid: str, spec: kopf.Spec, memo: kopf.Memo,
                   logger: kopf.Logger, **_: Any) -> None:  # fmt: skip
     assert namespace is not None
     kube: Kube = memo["kube"]
-    if (recorder := metrics.installed()) is not None:
+    if isinstance(recorder := memo.get("metrics"), OperatorMetrics):
         recorder.forget(namespace, name)
+    if isinstance(pipeline := memo["pipelines"].pop(uid, None), Kept):
+        await pipeline.controller.close()
     try:
-        pipeline = parse(name, namespace, dict(spec))
+        pipeline_spec = parse(name, namespace, dict(spec))
     except InvalidSpec:
         return  # nothing was ever created for it
-    for kind, child in (("Deployment", manifests.writer_name(pipeline)),
-                        ("Deployment", manifests.fetcher_name(pipeline)),
-                        ("ConfigMap", manifests.config_name(pipeline))):  # fmt: skip
+    for kind, child in (("Deployment", manifests.writer_name(pipeline_spec)),
+                        ("Deployment", manifests.fetcher_name(pipeline_spec)),
+                        ("ConfigMap", manifests.config_name(pipeline_spec))):  # fmt: skip
         await kube.delete(kind, namespace, child)
-    selector = f"sluiceway.io/pipeline={name},app.kubernetes.io/component=migration"
+    selector = {"sluiceway.io/pipeline": name, "app.kubernetes.io/component": "migration"}
     for job in await kube.list("Job", namespace, selector):
         await kube.delete("Job", namespace, job["metadata"]["name"])
     # The override the operator wrote; best effort, a stale one is harmless until reused.
     try:
-        connections = await read_connections(kube, pipeline)
+        connections = await read_connections(kube, pipeline_spec)
     except SecretProblem:
         return
     client = aioredis.Redis.from_url(connections.redis_url)
     try:
-        await store.RateKeys(client, pipeline.pipeline).clear_override()
+        await store.RateKeys(client, pipeline_spec.pipeline).clear_override()
     except (redis.exceptions.RedisError, OSError) as exc:
         logger.warning("could not remove the rate-limit override from Redis: %s", exc)
     finally:

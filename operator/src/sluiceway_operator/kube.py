@@ -1,158 +1,118 @@
-"""A small Kubernetes API client for the objects the operator keeps (httpx).
+"""The operator's client for the objects it keeps: its children and the connections Secret.
 
-kopf watches Pipelines and posts Events with its own client; the children (ConfigMaps,
-Deployments, Jobs), the connections Secret and the Pipeline's status go through this one,
-which logs in with the same credentials kopf found (kubeconfig or the pod's service
-account), and logs in again when the API server answers 401 (a service-account token is
-rotated under a running pod).
+kopf watches Pipelines, patches their status and posts Events with its own client; the
+ConfigMaps, Deployments and Jobs of a Pipeline, and its connections Secret, go through this
+one. Children are *applied* server-side (``PATCH`` as ``application/apply-patch+yaml``) under
+the field manager ``sluiceway-operator``, forced: the operator owns every field it sets, and
+takes one back from any other manager that changed it.
+
+It logs in as kopf does, with the pod's service account, else kubeconfig. lightkube reads the
+service-account token once, so a 401 (the kubelet rotated the token under the running pod)
+makes this client log in again and repeat the request once.
 """
+
+# lightkube: async, typed, server-side apply built in (field manager, force); kr8s has no SSA.
 
 from __future__ import annotations
 
-import base64
-import ssl
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-import httpx
-import kopf
+from lightkube import ApiError, AsyncClient, KubeConfig, codecs
+from lightkube.core.client import LabelSelector
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import ConfigMap, Secret
+from lightkube.types import CascadeType, PatchType
 
-# The API path of each kind the operator touches.
-PATHS = {
-    "ConfigMap": ("api/v1", "configmaps"),
-    "Secret": ("api/v1", "secrets"),
-    "Deployment": ("apis/apps/v1", "deployments"),
-    "Job": ("apis/batch/v1", "jobs"),
-    "Pipeline": ("apis/sluiceway.io/v1alpha1", "pipelines"),
+FIELD_MANAGER = "sluiceway-operator"
+# The kinds the operator reads or writes, by ``kind``.
+KINDS: dict[str, type[ConfigMap | Secret | Deployment | Job]] = {
+    "ConfigMap": ConfigMap,
+    "Secret": Secret,
+    "Deployment": Deployment,
+    "Job": Job,
 }
-TIMEOUT = 30.0
-MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+T = TypeVar("T")
 
 
-class KubeError(Exception):
-    """The API server refused a request; ``status`` is its HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _data(value: str | bytes) -> bytes:
-    return base64.b64decode(value) if isinstance(value, str) else value
-
-
-def _ssl_context(info: kopf.ConnectionInfo, scratch: Path) -> ssl.SSLContext | bool:
-    if info.insecure:
-        return False
-    context = ssl.create_default_context()
-    if info.ca_path:
-        context.load_verify_locations(cafile=str(info.ca_path))
-    elif info.ca_data:
-        context.load_verify_locations(cadata=_data(info.ca_data).decode())
-    if info.certificate_path or info.certificate_data:
-        # ssl loads client certificates from files only.
-        cert, key = info.certificate_path, info.private_key_path
-        if info.certificate_data:
-            cert = scratch / "client.crt"
-            cert.write_bytes(_data(info.certificate_data))
-        if info.private_key_data:
-            key = scratch / "client.key"
-            key.write_bytes(_data(info.private_key_data))
-            key.chmod(0o600)
-        context.load_cert_chain(str(cert), str(key) if key else None)
-    return context
+def code(exc: ApiError) -> int | None:
+    """The HTTP status the API server answered with."""
+    return exc.status.code
 
 
 class Kube:
-    """Namespaced reads and writes of the operator's objects, as plain dicts."""
+    """Namespaced reads and writes of the operator's objects, as plain dicts; a refusal is
+    lightkube's :class:`~lightkube.ApiError`."""
 
-    def __init__(self, login: Callable[[], kopf.ConnectionInfo]) -> None:
-        self._login = login
-        self._scratch = tempfile.TemporaryDirectory(prefix="sluiceway-operator-")
+    def __init__(self, config: Callable[[], KubeConfig] = KubeConfig.from_env) -> None:
+        self._config = config
         self._client = self._connect()
 
-    def _connect(self) -> httpx.AsyncClient:
-        info = self._login()
-        return httpx.AsyncClient(
-            base_url=info.server.rstrip("/"),
-            headers=info.as_http_headers(),
-            verify=_ssl_context(info, Path(self._scratch.name)),
-            timeout=TIMEOUT,
-            trust_env=info.trust_env,
-        )
+    def _connect(self) -> AsyncClient:
+        return AsyncClient(self._config(), field_manager=FIELD_MANAGER)
 
     async def close(self) -> None:
-        await self._client.aclose()
-        self._scratch.cleanup()
+        await self._client.close()
 
-    @staticmethod
-    def path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
-        prefix, plural = PATHS[kind]
-        path = f"/{prefix}/namespaces/{quote(namespace, safe='')}/{plural}"
-        if name is not None:
-            path += "/" + quote(name, safe="")
-        if sub is not None:
-            path += "/" + sub
-        return path
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = await self._client.request(method, path, **kwargs)
-        if response.status_code == 401:
-            await self._client.aclose()
-            self._client = self._connect()
-            response = await self._client.request(method, path, **kwargs)
-        return response
-
-    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any] | None:
-        """The answer's object; None for 404."""
-        response = await self._request(method, path, **kwargs)
-        if response.status_code == 404:
-            return None
-        if response.is_error:
-            try:
-                message = response.json().get("message") or response.text
-            except ValueError:
-                message = response.text
-            raise KubeError(response.status_code, f"{method} {path}: {message[:500]}")
-        doc: dict[str, Any] = response.json()
-        return doc
+    async def _call(self, request: Callable[[AsyncClient], Awaitable[T]]) -> T:
+        try:
+            return await request(self._client)
+        except ApiError as exc:
+            if code(exc) != 401:
+                raise
+        await self._client.close()
+        self._client = self._connect()
+        return await request(self._client)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._json("GET", self.path(kind, namespace, name))
+        """The object; None when there is none."""
+        try:
+            found = await self._call(lambda c: c.get(KINDS[kind], name, namespace=namespace))
+        except ApiError as exc:
+            if code(exc) == 404:
+                return None
+            raise
+        return found.to_dict()
 
-    async def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        doc = await self._json("GET", self.path(kind, namespace),
-                               params={"labelSelector": selector})  # fmt: skip
-        return list((doc or {}).get("items") or [])
+    async def list(self, kind: str, namespace: str, labels: dict[str, str]
+                   ) -> list[dict[str, Any]]:  # fmt: skip
+        """The objects with all of ``labels``."""
+        selector: LabelSelector = {**labels}
 
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        async def listed(client: AsyncClient) -> list[dict[str, Any]]:
+            return [item.to_dict() async for item in
+                    client.list(KINDS[kind], namespace=namespace, labels=selector)]  # fmt: skip
+
+        return await self._call(listed)
+
+    async def create(self, body: dict[str, Any]) -> bool:
+        """Create ``body``; False when an object of its name is there already."""
+        made = codecs.from_dict(body)
+        try:
+            await self._call(lambda c: c.create(made))
+        except ApiError as exc:
+            if code(exc) == 409:
+                return False
+            raise
+        return True
+
+    async def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Bring ``body``'s object to it, creating it if absent (server-side apply)."""
         meta = body["metadata"]
-        doc = await self._json("POST", self.path(body["kind"], meta["namespace"]), json=body)
-        if doc is None:
-            raise KubeError(404, f"namespace {meta['namespace']} not found")
-        return doc
-
-    async def patch(self, kind: str, namespace: str, name: str, changes: dict[str, Any],
-                    sub: str | None = None) -> dict[str, Any] | None:  # fmt: skip
-        return await self._json("PATCH", self.path(kind, namespace, name, sub),
-                                json=changes, headers=MERGE_PATCH)  # fmt: skip
+        applied = await self._call(lambda c: c.patch(
+            KINDS[body["kind"]], meta["name"], body, namespace=meta["namespace"],
+            patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER, force=True))  # fmt: skip
+        return applied.to_dict()
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete with its dependents (the Job's pods); False when it was not there."""
-        doc = await self._json("DELETE", self.path(kind, namespace, name),
-                               json={"propagationPolicy": "Background"})  # fmt: skip
-        return doc is not None
-
-    async def apply(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create ``body``, or bring the existing object to it (a JSON merge patch: every
-        field the operator sets is set; lists such as containers are replaced whole)."""
-        meta = body["metadata"]
-        current = await self.get(body["kind"], meta["namespace"], meta["name"])
-        if current is None:
-            return await self.create(body)
-        changes = {key: value for key, value in body.items() if key not in ("apiVersion", "kind")}
-        patched = await self.patch(body["kind"], meta["namespace"], meta["name"], changes)
-        return patched if patched is not None else await self.create(body)
+        try:
+            await self._call(lambda c: c.delete(KINDS[kind], name, namespace=namespace,
+                                                cascade=CascadeType.BACKGROUND))  # fmt: skip
+        except ApiError as exc:
+            if code(exc) == 404:
+                return False
+            raise
+        return True

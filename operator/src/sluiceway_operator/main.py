@@ -42,7 +42,6 @@ async def serve(namespaces: tuple[str, ...], metrics_port: int, stop: asyncio.Ev
     from sluiceway_operator import metrics
 
     async with Observer(metrics_port) as observer:
-        metrics.install(observer.registry)
         ready = asyncio.Event()
 
         async def watching() -> None:
@@ -56,6 +55,7 @@ async def serve(namespaces: tuple[str, ...], metrics_port: int, stop: asyncio.Ev
             namespaces=namespaces,
             stop_flag=stop,
             ready_flag=ready,
+            memo=kopf.Memo(metrics=metrics.register(observer.registry)),
         )
     return 0
 

@@ -1,8 +1,9 @@
 """The operator's Prometheus metrics: per Pipeline, what its last reconcile saw and did.
 
 Labelled by ``namespace`` and ``pipeline`` (the Pipeline resource's name): a cluster has few
-of either. Installed on the :class:`sluiceway_common.observe.Observer` registry by ``sluiceway
-operator``; until then (in tests that run kopf directly) nothing is recorded.
+of either. ``sluiceway operator`` registers them on its
+:class:`sluiceway_common.observe.Observer` registry and hands them to the handlers in kopf's
+memo (``metrics``); without them (kopf run directly) nothing is recorded.
 """
 
 from __future__ import annotations
@@ -47,13 +48,9 @@ class OperatorMetrics:
                 metric.remove(namespace, name)
 
 
-_installed: OperatorMetrics | None = None
-
-
-def install(registry: CollectorRegistry) -> OperatorMetrics:
-    """Create the metrics on ``registry``; reconcile loops record to them from now on."""
-    global _installed
-    _installed = OperatorMetrics(
+def register(registry: CollectorRegistry) -> OperatorMetrics:
+    """Create the metrics on ``registry``."""
+    return OperatorMetrics(
         queue_depth=Gauge("sluiceway_queue_depth_messages",
                           "records-queue messages at the last reading (ready and unacked from "
                           "the management API; ready only from the fallback)", LABELS,
@@ -68,8 +65,3 @@ def install(registry: CollectorRegistry) -> OperatorMetrics:
                                  "reconciles that failed with an error", LABELS,
                                  registry=registry),
     )  # fmt: skip
-    return _installed
-
-
-def installed() -> OperatorMetrics | None:
-    return _installed

@@ -13,7 +13,6 @@ import yaml
 
 from sluiceway_common import settings
 from sluiceway_operator import crd, manifests
-from sluiceway_operator.controller import job_state, migration_retry_delay
 from sluiceway_operator.spec import InvalidSpec, parse
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -168,24 +167,6 @@ def test_a_new_writer_image_gets_its_own_migration_job_and_long_names_are_cut() 
                  manifests.fetcher_name(long)):  # fmt: skip
         assert len(name) <= 63
         assert name.endswith(("-writer", "-fetcher")) or "-migrate-" in name
-
-
-def test_job_state_reads_the_jobs_conditions() -> None:
-    assert job_state(None) == ("Absent", "")
-    assert job_state({"status": {"active": 1}}) == ("Running", "")
-    assert job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == (
-        "Succeeded", "")  # fmt: skip
-    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-              "message": "Job has reached the specified backoff limit"}  # fmt: skip
-    assert job_state({"status": {"conditions": [failed]}}) == (
-        "Failed", "BackoffLimitExceeded: Job has reached the specified backoff limit")  # fmt: skip
-
-
-def test_a_failed_migration_is_retried_with_a_growing_capped_backoff() -> None:
-    delays = [migration_retry_delay(n) for n in range(1, 10)]
-    assert delays[:3] == [30, 60, 120]
-    assert delays == sorted(delays)
-    assert delays[-1] == 600
 
 
 def test_fetchers_and_writers_serve_metrics_and_probes_the_migration_does_not() -> None:
