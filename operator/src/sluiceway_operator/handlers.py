@@ -96,6 +96,14 @@ def interval(spec: kopf.Spec) -> float:
     return float(spec.get("pollIntervalSeconds") or DEFAULT_POLL)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own credentials, looked for when it logs in: the pod's service account, else
+    kubeconfig. (kopf's fallback login is chosen when its registry is built, at the first
+    import of these handlers, and is none when no kubeconfig was there yet.)"""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = "sluiceway.io/finalizer"
