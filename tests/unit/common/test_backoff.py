@@ -5,14 +5,21 @@ from itertools import islice
 import pytest
 
 from sluiceway_common.backoff import Backoff, Delays, pause
+from sluiceway_fetcher.limiter import REDIS_DELAYS
+from sluiceway_writer.consumer import RETRY_DELAYS
 
 
 def first(delays: Delays, n: int) -> list[float]:
     return list(islice(delays, n))
 
 
-def test_each_delay_doubles_up_to_the_cap() -> None:
-    assert first(Delays(0.1, 3.0), 8) == [0.1, 0.2, 0.4, 0.8, 1.6, 3, 3, 3]
+def test_each_delay_is_factor_times_the_one_before_up_to_the_cap() -> None:
+    assert first(Delays(1, 5, factor=3), 4) == [1, 3, 5, 5]
+
+
+def test_the_writers_and_the_limiters_delays_are_those_they_had() -> None:
+    assert first(RETRY_DELAYS, 9) == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert first(REDIS_DELAYS, 8) == [0.1, 0.2, 0.4, 0.8, 1.6, 3, 3, 3]
 
 
 def test_first_equal_to_cap_is_a_steady_interval() -> None:
