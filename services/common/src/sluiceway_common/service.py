@@ -15,7 +15,7 @@ them all, the last opened first, the Observer last. A role's ``serve`` then read
         ...  # what the role builds on them
         async with service.consuming(queue, handler.on_message, redis=client.ping):
             await stop.wait()
-        ...  # finish what is in hand
+        ...  # finish what is in hand: every delivery received has started on_message
     log.info("fetcher stopped: ...")
 """
 
@@ -100,8 +100,9 @@ class Service:
 
         From its start ``/readyz`` answers, with a check of the RabbitMQ connection and each
         of ``checks`` (by name). When the block ends, consuming stops
-        (:func:`amqp.stop_consuming`); when the block raises, closing the channel ends the
-        consumer instead, and the deliveries not acknowledged return to the queue.
+        (:func:`amqp.stop_consuming`), and every delivery the process received has started
+        its ``on_message``; when the block raises, closing the channel ends the consumer
+        instead, and the deliveries not acknowledged return to the queue.
         """
         connection = self._connected()
         self.observer.add_check("rabbitmq", lambda: amqp.check_connected(connection))
@@ -110,3 +111,15 @@ class Service:
         tag = await queue.consume(on_message)
         yield
         await amqp.stop_consuming(connection, queue, tag)
+        # Nothing more to wait for: the broker sends a consumer's deliveries before the
+        # Basic.CancelOk that ends it; aiormq's channel reader takes frames in order and
+        # creates each delivery's task before it hands the CancelOk on to the cancel; that
+        # task creates on_message's at once (aio-pika's `consumer`); and asyncio runs ready
+        # callbacks in the order they were scheduled, so each starts before the cancel's
+        # caller resumes. Measured (aio-pika 10.2.1, uvloop and asyncio): in 450 cancels
+        # made while deliveries streamed, 1,443 of them arriving during the cancels, no
+        # on_message started after the cancel returned (tests/integration/test_service.py
+        # keeps checking). aio-pika's QueueIterator.close counts on the same, taking what
+        # its callback queued as soon as cancel returns. After a cancel that got no answer
+        # (stop_consuming says so), deliveries can still come; never acknowledged, they
+        # return to the queue when the channel closes.

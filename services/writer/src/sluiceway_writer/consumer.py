@@ -92,7 +92,9 @@ class Writer:
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # Decoding here, not at the flush, overlaps it with the database writing the batch
-        # before, and tells the batcher how many rows and bytes the message weighs.
+        # before, and tells the batcher how many rows and bytes the message weighs. Nothing
+        # here awaits: a delivery that has started on_message is in the batcher, so the last
+        # flush after consuming ends has every one (see Service.consuming).
         try:
             decoded = codec.decode_message(message.body, message.content_encoding, self._max_bytes)
         except codec.BadMessage as exc:

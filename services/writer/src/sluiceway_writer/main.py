@@ -75,8 +75,6 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
                     config.batch_timeout,
                 )
                 await writer.run()
-            # Let deliveries already on their way reach the batcher before the last flush.
-            await asyncio.sleep(0.05)
             await writer.drain()
         except DatabaseUnavailable as exc:
             # Closing the connection returns every unacked message to the queue.
