@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +17,7 @@ from sluiceway_admin.reading import collect
 from sluiceway_common import topology
 from sluiceway_writer.merger import LOCK, Merger
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, eventually, publish, record
+from tests.integration.helpers import TcpProxy, depth, eventually, publish, record
 from tests.integration.test_writer import packed, rows, writer
 
 pytestmark = pytest.mark.integration
@@ -127,3 +129,34 @@ async def test_a_buffered_row_reaches_records_within_the_merge_interval(
 
         # Batch timeout 0.05 s + merge interval 0.1 s: well inside this hang guard.
         await eventually(visible, within=5)
+
+
+async def test_a_database_outage_is_said_once_and_merging_resumes_when_it_is_over(
+    database_url: str, pipeline: str, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sluiceway_writer")
+    await buffer(db, pipeline, ("a", 1))
+    proxy = await TcpProxy(database_url).start()
+    pool = await asyncpg.create_pool(proxy.url, min_size=1, max_size=1)
+    stop = asyncio.Event()
+    merging = None
+    try:
+        await proxy.cut()
+        merging = asyncio.create_task(Merger(pool, pipeline, interval=0.05).run(stop))
+        await asyncio.sleep(0.5)  # some ten merges tried and failed
+        assert await buffered(db, pipeline) == 1
+        await proxy.restore()
+
+        async def merged() -> bool:
+            return await buffered(db, pipeline) == 0
+
+        await eventually(merged, what="the buffer merged once the database is back")
+    finally:
+        stop.set()
+        if merging is not None:
+            await merging
+        await pool.close()
+        await proxy.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "sluiceway_writer.merger"]
+    assert sum(m.startswith("merging the buffer failed, will retry (") for m in said) == 1, said
+    assert said.count("merging the buffer again") == 1, said

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import logging
 import random
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
@@ -353,7 +354,9 @@ async def test_a_database_outage_is_retried_and_nothing_is_dead_lettered(
     pipeline: str,
     db: asyncpg.Connection,
     amqp_connection: AbstractConnection,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sluiceway_writer")
     queues = topology.Queues(pipeline)
     proxy = await TcpProxy(database_url).start()
     try:
@@ -370,6 +373,10 @@ async def test_a_database_outage_is_retried_and_nothing_is_dead_lettered(
         await proxy.close()
     assert await depth(amqp_connection, queues.dead) == 0
     assert await depth(amqp_connection, queues.records) == 0
+    # The outage is said once, not at each of its retries, and its end once.
+    said = [r.getMessage() for r in caplog.records if r.name == "sluiceway_writer.consumer"]
+    assert sum(m.startswith("database write failed, retrying (") for m in said) == 1, said
+    assert said.count("database writes succeed again") == 1, said
 
 
 async def test_sigterm_during_an_outage_stops_promptly_and_returns_the_batch(

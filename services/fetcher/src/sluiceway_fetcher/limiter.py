@@ -21,6 +21,7 @@ from collections import deque
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from sluiceway_common.backoff import Backoff, Delays
 from sluiceway_common.settings import RATE_LIMIT
 from sluiceway_common.store import RateKeys
 from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE
@@ -110,10 +111,9 @@ return {num(current - now), num(math.max(current, wanted) - now)}
 """
 )
 
-# While Redis cannot be reached nothing is fetched; it is asked again after this backoff,
-# doubling up to the cap (redis-py retries each call a few times underneath as well).
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 3.0
+# While Redis cannot be reached nothing is fetched; it is asked again after these waits
+# (redis-py retries each call a few times underneath as well).
+REDIS_DELAYS = Delays(first=0.1, cap=3.0)
 # A caller told to wait longer than this (a pause, a low limit) asks again after it anyway,
 # so that a pause deleted or a limit raised by hand reaches it within this time.
 RECHECK = 1.0
@@ -156,7 +156,10 @@ class SharedLimiter:
         self._waiters: deque[asyncio.Future[float]] = deque()
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
-        self._unreachable = False  # Redis could not be reached at the last attempt
+        self._redis = Backoff(
+            REDIS_DELAYS, log, "rate limiter: Redis unreachable, fetching paused",
+            "rate limiter: Redis reachable again, fetching resumed",
+        )  # fmt: skip
         self.late = 0  # slots given up because their caller woke too late (see LATE)
 
     async def acquire(self) -> None:
@@ -218,7 +221,6 @@ class SharedLimiter:
 
     async def _refill(self) -> None:
         loop = asyncio.get_running_loop()
-        backoff = BACKOFF_FIRST
         try:
             while wanted := sum(not slot.done() for slot in self._waiters):
                 try:
@@ -227,19 +229,9 @@ class SharedLimiter:
                     )
                 except (redis.exceptions.RedisError, OSError) as exc:
                     # Fail closed: without Redis no fetcher can know what the others sent.
-                    if not self._unreachable:
-                        self._unreachable = True
-                        log.warning(
-                            "rate limiter: Redis unreachable, fetching paused (%s: %s)",
-                            type(exc).__name__, exc,
-                        )  # fmt: skip
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    await self._redis.failed(exc)
                     continue
-                if self._unreachable:
-                    self._unreachable = False
-                    log.info("rate limiter: Redis reachable again, fetching resumed")
-                backoff = BACKOFF_FIRST
+                self._redis.succeeded()
                 wait, granted, interval = float(reply[0]), int(reply[1]), float(reply[2])
                 if not granted:
                     await asyncio.sleep(min(wait, RECHECK))

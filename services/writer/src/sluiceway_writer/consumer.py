@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from sluiceway_common import amqp, codec, topology
+from sluiceway_common.backoff import Backoff, Delays
 from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.metrics import Timings
 from sluiceway_writer.sink import DATABASE_ERRORS, Sink, describe
@@ -28,8 +29,8 @@ from sluiceway_writer.sink import DATABASE_ERRORS, Sink, describe
 log = logging.getLogger(__name__)
 
 BROKER_ERRORS = amqp.BROKER_ERRORS
-RETRY_FIRST_DELAY = 0.5
-RETRY_MAX_DELAY = 30.0
+# While PostgreSQL is away a batch is tried again after these waits.
+RETRY_DELAYS = Delays(first=0.5, cap=30.0)
 
 
 @dataclass(slots=True)
@@ -75,16 +76,25 @@ class Writer:
         self.written = 0
         # cause (undecodable: not a record; refused: by PostgreSQL) -> records dead-lettered
         self.dead_letters: Counter[str] = Counter(undecodable=0, refused=0)
-        self.write_retries = 0
         self.batches = 0
+        self._database = Backoff(
+            RETRY_DELAYS, log, "database write failed, retrying", "database writes succeed again",
+            describe=describe,
+        )  # fmt: skip
 
     @property
     def dead(self) -> int:
         return self.dead_letters.total()
 
+    @property
+    def write_retries(self) -> int:
+        return self._database.retries
+
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # Decoding here, not at the flush, overlaps it with the database writing the batch
-        # before, and tells the batcher how many rows and bytes the message weighs.
+        # before, and tells the batcher how many rows and bytes the message weighs. Nothing
+        # here awaits: a delivery that has started on_message is in the batcher, so the last
+        # flush after consuming ends has every one (see Service.consuming).
         try:
             decoded = codec.decode_message(message.body, message.content_encoding, self._max_bytes)
         except codec.BadMessage as exc:
@@ -164,20 +174,17 @@ class Writer:
         )  # fmt: skip
 
     async def _write(self, records: list[codec.Record]) -> list[tuple[codec.Record, str]]:
-        delay = RETRY_FIRST_DELAY
         while True:
             try:
-                return await self._sink.write(records)
+                refused = await self._sink.write(records)
             except DATABASE_ERRORS as exc:
                 if self._stop.is_set():
                     raise DatabaseUnavailable(describe(exc)) from exc
-                self.write_retries += 1
-                log.warning("database write failed, retrying in %.1fs: %s", delay, describe(exc))
-                log.debug("database write failure", exc_info=True)
-                # A SIGTERM cuts the backoff short: one more try, then the writer stops.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, RETRY_MAX_DELAY)
+                # A SIGTERM cuts the wait short: one more try, then the writer stops.
+                await self._database.failed(exc, self._stop)
+            else:
+                self._database.succeeded()
+                return refused
 
     async def _dead_letter(
         self, message: AbstractIncomingMessage, body: bytes | None, reason: str

@@ -10,10 +10,10 @@ import sys
 import asyncpg
 import sqlalchemy.exc
 
-from sluiceway_common import amqp, logs, settings, topology
+from sluiceway_common import logs, settings, topology
 from sluiceway_common.cli import Command
-from sluiceway_common.lifecycle import reach, run_until_signalled
-from sluiceway_common.observe import Observer
+from sluiceway_common.lifecycle import run_until_signalled
+from sluiceway_common.service import Service
 from sluiceway_writer import metrics, schema
 from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.config import OPTIONS, WriterSettings
@@ -26,79 +26,65 @@ log = logging.getLogger(__name__)
 
 async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
     """Write until ``stop`` is set; serve metrics and probes meanwhile (when a port is set)."""
-    async with Observer(config.metrics_port) as observer:
-        return await _serve(config, stop, observer)
-
-
-async def _serve(config: WriterSettings, stop: asyncio.Event, observer: Observer) -> int:
     queues = topology.Queues(config.pipeline)
-    # One connection writes batches and one merges (buffered mode); the third leaves the
-    # readiness check a connection while both are busy.
-    pool = await reach(
-        "PostgreSQL",
-        config.database_url,
-        asyncpg.create_pool(config.database_url, min_size=1, max_size=3, init=prepare_connection),
-    )
-    try:
+    async with Service("writer", config.metrics_port) as service:
+        # One connection writes batches and one merges (buffered mode); the third leaves the
+        # readiness check a connection while both are busy.
+        pool = await service.reach(
+            "PostgreSQL",
+            config.database_url,
+            asyncpg.create_pool(
+                config.database_url, min_size=1, max_size=3, init=prepare_connection
+            ),
+        )
         async with pool.acquire() as conn:
             revision = await schema.check(conn)
-        connection = await reach(
-            "RabbitMQ", config.amqp_url, amqp.connect(config.amqp_url, "writer")
+        await service.connect(config.amqp_url)
+        # Two batches' worth, so one fills while the other is written. A packed message holds
+        # several rows, so this over-fetches for packed streams; the byte bound still caps
+        # each batch.
+        channel = await service.channel(prefetch=min(2 * config.batch_size, 65535))
+        _, records_queue, _ = await topology.declare(channel, queues)
+        batcher: Batcher[Delivery] = Batcher(
+            config.batch_size, config.batch_timeout, config.batch_max_bytes
         )
+        registry = service.observer.registry
+        writer = Writer(
+            channel,
+            queues,
+            Sink(pool, config.pipeline, config.write_mode),
+            batcher,
+            stop,
+            metrics.Timings.create(registry, queues.pipeline),
+        )
+        merger = merging = None
+        if config.write_mode == "buffered":
+            merger = Merger(pool, config.pipeline, config.merge_interval)
+            merging = asyncio.create_task(merger.run(stop))
+        metrics.export(registry, queues.pipeline, writer, batcher, merger)
         try:
-            channel = await amqp.publishing_channel(connection)
-            # Two batches' worth, so one fills while the other is written. A packed message
-            # holds several rows, so this over-fetches for packed streams; the byte bound
-            # still caps each batch.
-            await channel.set_qos(prefetch_count=min(2 * config.batch_size, 65535))
-            _, records_queue, _ = await topology.declare(channel, queues)
-            batcher: Batcher[Delivery] = Batcher(
-                config.batch_size, config.batch_timeout, config.batch_max_bytes
-            )
-            writer = Writer(
-                channel,
-                queues,
-                Sink(pool, config.pipeline, config.write_mode),
-                batcher,
-                stop,
-                metrics.Timings.create(observer.registry, queues.pipeline),
-            )
-            merger = merging = None
-            if config.write_mode == "buffered":
-                merger = Merger(pool, config.pipeline, config.merge_interval)
-                merging = asyncio.create_task(merger.run(stop))
-            metrics.export(observer.registry, queues.pipeline, writer, batcher, merger)
-            observer.add_check("rabbitmq", lambda: amqp.check_connected(connection))
-            observer.add_check("postgresql", lambda: schema_current(pool, revision))
-            tag = await records_queue.consume(writer.on_message)
-            log.info(
-                "writing %s to PostgreSQL (schema %s, %s mode), batches of %d or %gs",
-                queues.records,
-                revision,
-                config.write_mode,
-                config.batch_size,
-                config.batch_timeout,
-            )
-            try:
+            async with service.consuming(
+                records_queue, writer.on_message, postgresql=lambda: schema_current(pool, revision)
+            ):
+                log.info(
+                    "writing %s to PostgreSQL (schema %s, %s mode), batches of %d or %gs",
+                    queues.records,
+                    revision,
+                    config.write_mode,
+                    config.batch_size,
+                    config.batch_timeout,
+                )
                 await writer.run()
-                await amqp.stop_consuming(connection, records_queue, tag)
-                # Let deliveries already on their way reach the batcher before the last flush.
-                await asyncio.sleep(0.05)
-                await writer.drain()
-            except DatabaseUnavailable as exc:
-                # Closing the connection returns every unacked message to the queue.
-                log.error("stopping with batches unwritten, returned to the queue: %s", exc)
-                return 1
-            finally:
-                if merging is not None:
-                    await merging
-            if merger is not None:
-                await final_merge(merger)
-            await channel.close()
+            await writer.drain()
+        except DatabaseUnavailable as exc:
+            # Closing the connection returns every unacked message to the queue.
+            log.error("stopping with batches unwritten, returned to the queue: %s", exc)
+            return 1
         finally:
-            await connection.close()
-    finally:
-        await pool.close()
+            if merging is not None:
+                await merging
+        if merger is not None:
+            await final_merge(merger)
     log.info(
         "writer stopped: %d rows written in %d batches, %d dead-lettered "
         "(%d undecodable, %d refused by PostgreSQL); %d write retries",

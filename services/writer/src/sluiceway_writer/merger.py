@@ -12,11 +12,11 @@ pipeline in one transaction (delete from the buffer, upsert into records with th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
 
+from sluiceway_common.backoff import Backoff, Delays, pause
 from sluiceway_writer.sink import DATABASE_ERRORS, describe
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ class Merger:
         self._interval = interval
         self._limit = limit
         self.moved = 0
+        # A failed merge is tried again at the next interval, as every merge is.
+        self._database = Backoff(
+            Delays(interval, interval), log, "merging the buffer failed, will retry",
+            "merging the buffer again", describe=describe,
+        )  # fmt: skip
 
     async def merge_once(self) -> int | None:
         """Move up to ``limit`` of the oldest buffered rows; ``None`` if another merger is at it.
@@ -78,6 +83,7 @@ class Merger:
             try:
                 await self.drain()
             except DATABASE_ERRORS as exc:
-                log.warning("merging the buffer failed, will retry: %s", describe(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._interval)
+                await self._database.failed(exc, stop)
+            else:
+                self._database.succeeded()
+                await pause(self._interval, stop)

@@ -19,11 +19,14 @@ from sluiceway_common.observe import Readings, histogram
 class WriterCounts(Protocol):
     """What the writer counts (``consumer.Writer``), read at each scrape."""
 
-    messages: int
-    records: int
-    written: int
-    write_retries: int
-
+    @property
+    def messages(self) -> int: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def written(self) -> int: ...
+    @property
+    def write_retries(self) -> int: ...
     @property
     def dead_letters(self) -> Mapping[str, int]: ...
 
