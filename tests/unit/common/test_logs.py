@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sluiceway_common import logs, settings
-from sluiceway_fetcher.config import OPTIONS as FETCHER_OPTIONS
+from sluiceway_common import logs
 from sluiceway_fetcher.config import FetcherSettings
 
 
@@ -66,7 +65,7 @@ def test_the_fetchers_secret_values_are_the_passwords_and_header_values() -> Non
             "SLUICEWAY_SOURCE_HEADERS": '{"Authorization": "Bearer abc-123", "X-Key": "k-456"}',
         },
     )
-    found = settings.secret_values(FETCHER_OPTIONS, vars(config))
+    found = config.secrets()
     assert sorted(found) == sorted(["mq%2Fpass", "mq/pass", "Bearer abc-123", "k-456"])
 
 

@@ -121,6 +121,4 @@ class FetcherSettings(settings.Settings):
         )
 
 
-OPTIONS = FetcherSettings.options()
-
-__all__ = ["OPTIONS", "ConfigError", "FetcherSettings"]
+__all__ = ["ConfigError", "FetcherSettings"]

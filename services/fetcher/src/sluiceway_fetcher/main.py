@@ -14,7 +14,7 @@ from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach, run_until_signalled
 from sluiceway_common.service import Service
 from sluiceway_fetcher import metrics
-from sluiceway_fetcher.config import OPTIONS, FetcherSettings
+from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.consumer import Fetcher
 from sluiceway_fetcher.limiter import SharedLimiter
 from sluiceway_fetcher.packer import Packer
@@ -81,12 +81,12 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    settings.add_options(parser, OPTIONS)
+    settings.add_options(parser, FetcherSettings.options())
 
 
 def run(args: argparse.Namespace) -> int:
     config = FetcherSettings.from_args(args)
-    logs.setup(config.log_level, secrets=settings.secret_values(OPTIONS, vars(config)))
+    logs.setup(config.log_level, secrets=config.secrets())
     return run_until_signalled(lambda stop: serve(config, stop))
 
 

@@ -51,6 +51,3 @@ class WriterSettings(settings.Settings):
     merge_interval: float = setting(MERGE_INTERVAL)
     metrics_port: int = setting(settings.METRICS_PORT)
     log_level: str = setting(settings.LOG_LEVEL)
-
-
-OPTIONS = WriterSettings.options()

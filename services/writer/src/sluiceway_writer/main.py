@@ -16,7 +16,7 @@ from sluiceway_common.lifecycle import run_until_signalled
 from sluiceway_common.service import Service
 from sluiceway_writer import metrics, schema
 from sluiceway_writer.batcher import Batcher
-from sluiceway_writer.config import OPTIONS, WriterSettings
+from sluiceway_writer.config import WriterSettings
 from sluiceway_writer.consumer import DatabaseUnavailable, Delivery, Writer
 from sluiceway_writer.merger import Merger
 from sluiceway_writer.sink import DATABASE_ERRORS, Sink, describe, prepare_connection
@@ -114,12 +114,12 @@ async def final_merge(merger: Merger) -> None:
 
 
 def configure_writer(parser: argparse.ArgumentParser) -> None:
-    settings.add_options(parser, OPTIONS)
+    settings.add_options(parser, WriterSettings.options())
 
 
 def run_writer(args: argparse.Namespace) -> int:
     config = WriterSettings.from_args(args)
-    logs.setup(config.log_level, secrets=settings.secret_values(OPTIONS, vars(config)))
+    logs.setup(config.log_level, secrets=config.secrets())
     try:
         return run_until_signalled(lambda stop: serve(config, stop))
     except schema.SchemaError as exc:
