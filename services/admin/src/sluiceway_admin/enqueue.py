@@ -136,7 +136,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="--stale: the N stalest only")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true",
                         help="count the keys and print the first ones; queue nothing")  # fmt: skip
-    settings.add_options(parser, (settings.DATABASE_URL, SQL_URL, *OPTIONS))
+    every = dict.fromkeys(option for used in SOURCE_OPTIONS.values() for option in used)
+    settings.add_options(parser, (*every, *OPTIONS))
 
 
 def stale_age(text: str) -> float:
