@@ -174,6 +174,11 @@ async def test_failed_list_retry_clear(
     # Keys leave the set only when their records land (tests/integration/test_fetcher.py).
     assert await redis_client.scard(store.failed_set(pipeline)) == 1200
 
+    # Their tasks were taken off the queue by hand: the keys are in flight until released.
+    only = sluiceway(services, database_url, pipeline, "failed", "retry", "--reason", "404")
+    assert "re-enqueued 0 failed keys" in only.stdout
+    assert "already in flight 1;" in only.stdout
+    await store.InFlight(redis_client, pipeline).release(keys)
     only = sluiceway(services, database_url, pipeline, "failed", "retry", "--reason", "404")
     assert "re-enqueued 1 failed keys" in only.stdout
     (task,) = await drain(amqp_connection, topology.Queues(pipeline).fetch)

@@ -221,7 +221,8 @@ async def test_a_retried_key_leaves_the_failed_set_when_it_lands(
         "flaky": orjson.dumps({"reason": "HTTP 503 Service Unavailable", "status": 503}),
         "gone": orjson.dumps({"reason": "HTTP 404 Not Found", "status": 404}),
     })  # fmt: skip
-    assert await retry_failed(services.amqp, services.redis, pipeline, reason="503") == 1
+    retried = await retry_failed(services.amqp, services.redis, pipeline, "503", lifetime=60)
+    assert retried == (1, 0)
     queues = topology.Queues(pipeline)
     async with (
         http_server(make_app(Behaviour())) as base,

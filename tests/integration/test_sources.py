@@ -105,8 +105,13 @@ async def test_stale_queues_the_oldest_rows_first_up_to_the_limit(
         result = sluiceway(services, database_url, pipeline, "enqueue", "--stale", "24h")
         assert result.returncode == 0, result.stderr
         assert await queued(amqp_connection, pipeline) == ["month", "week", "day"]
-        result = sluiceway(services, database_url, pipeline, "enqueue", "--stale", "7d",
-                           "--limit", "1")  # fmt: skip
+        # Their tasks were taken off the queue by hand, so their keys are still in flight.
+        again = ("enqueue", "--stale", "7d", "--limit", "1")
+        result = sluiceway(services, database_url, pipeline, *again)
+        assert result.returncode == 0, result.stderr
+        assert await queued(amqp_connection, pipeline) == []
+        assert "already in flight 1," in result.stderr
+        result = sluiceway(services, database_url, pipeline, *again, "--force")
         assert result.returncode == 0, result.stderr
         assert await queued(amqp_connection, pipeline) == ["month"]
     finally:

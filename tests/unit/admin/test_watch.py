@@ -22,6 +22,7 @@ def status(
     retrying: int = 0,
     buffered: int = 0,
     writers: int = 1,
+    in_flight: int = 0,
 ) -> Status:
     return Status(
         "p",
@@ -34,6 +35,7 @@ def status(
         failed,
         buffered,
         retrying,
+        in_flight,
     )
 
 
@@ -87,7 +89,8 @@ def test_duration(seconds: float | None, text: str) -> None:
 
 def test_the_view_shows_depths_rates_consumers_eta_and_the_depth_source() -> None:
     earlier = status(fetch=1000, records=10, rows=100, retrying=3)
-    later = status(fetch=600, records=30, rows=1_400, failed=7, dead=2, retrying=3, buffered=50)
+    later = status(fetch=600, records=30, rows=1_400, failed=7, dead=2, retrying=3, buffered=50,
+                   in_flight=603)  # fmt: skip
     view = render(later, trend(earlier, later, 4.0), clock="12:00:00", expected=5000)
     lines = view.splitlines()
     assert lines[0] == "pipeline p  12:00:00"
@@ -98,9 +101,10 @@ def test_the_view_shows_depths_rates_consumers_eta_and_the_depth_source() -> Non
     assert lines[6].split() == ["rows", "landed", "1,400", "338/s"]
     assert lines[7].split()[:3] == ["rows", "buffered", "50"]
     assert lines[8].split() == ["keys", "failed", "7", "2/s"]
-    assert lines[9].split() == ["keys", "done", "1,457", "of", "5,000"]
-    assert lines[10].split() == ["ETA", "to", "drain", "7s"]
-    assert "passive declare" in lines[11]
+    assert lines[9].split()[:4] == ["keys", "in", "flight", "603"]
+    assert lines[10].split() == ["keys", "done", "1,457", "of", "5,000"]
+    assert lines[11].split() == ["ETA", "to", "drain", "7s"]
+    assert "passive declare" in lines[12]
     # The first reading has no rates yet, and a missing table says what to do.
     first = render(status(rows=None), None)
     assert "run `sluiceway migrate`" in first

@@ -10,12 +10,14 @@ import contextlib
 import logging
 import shlex
 import sys
-import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import BinaryIO, TextIO
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, TextIO
 
 import asyncpg
+import redis.asyncio as aioredis
 
 from sluiceway_admin.progress import Progress
 from sluiceway_admin.sources import (
@@ -27,9 +29,9 @@ from sluiceway_admin.sources import (
     sql_keys,
     stale_keys,
 )
-from sluiceway_common import amqp, codec, logs, settings, topology
+from sluiceway_common import amqp, codec, logs, settings, store, topology
 from sluiceway_common.cli import Command
-from sluiceway_common.lifecycle import reach
+from sluiceway_common.lifecycle import StartupError, reach
 from sluiceway_common.publisher import ConfirmedPublisher
 from sluiceway_common.settings import ConfigError
 
@@ -46,18 +48,48 @@ class Interrupted(Exception):
         self.resume_line = resume_line
 
 
-async def enqueue(
-    amqp_url: str, pipeline: str, source: AsyncIterator[Chunk], show: Progress
-) -> int:
-    """Publish a fetch task per key of ``source``; return how many the broker confirmed.
+@dataclass
+class Tally:
+    """What a run did so far: keys the broker confirmed, and keys passed over because a task
+    of theirs was already in flight. Kept up to date while it runs, so a run that stops part
+    way can still say how far it came."""
 
-    On a broker failure raise ``Interrupted``, saying from which line a rerun loses nothing.
+    queued: int = 0
+    in_flight: int = 0
+
+
+async def enqueue(
+    amqp_url: str,
+    redis_url: str,
+    pipeline: str,
+    source: AsyncIterator[Chunk],
+    show: Progress,
+    *,
+    lifetime: float,
+    force: bool = False,
+    tally: Tally | None = None,
+) -> Tally:
+    """Publish a fetch task per key of ``source`` that is not in flight already (every key
+    with ``force``), marking each in flight for ``lifetime`` seconds; return the tally.
+
+    On a broker failure raise ``Interrupted``, saying from which line a rerun loses nothing,
+    after releasing the marks of the keys not confirmed. A source that fails part way raises
+    its own error once what it gave before is confirmed.
     """
+    tally = tally or Tally()
     queues = topology.Queues(pipeline)
-    connection = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "enqueue"))
-    # The line of each key published and perhaps not yet confirmed, oldest first: a window's
-    # worth and one read's keys at most.
-    unconfirmed: deque[int] = deque()
+    client = aioredis.Redis.from_url(redis_url)
+    inflight = store.InFlight(client, pipeline)
+    try:
+        await reach("Redis", redis_url, client.ping())
+        connection = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "enqueue"))
+    except BaseException:
+        await client.aclose()
+        raise
+    # The line and key of each key published and perhaps not yet confirmed, oldest first: a
+    # window's worth and one read's keys at most.
+    unconfirmed: deque[tuple[int, str]] = deque()
+    pending: deque[str] = deque()  # claimed in this chunk, not yet published
     published = 0
     next_line = 1
 
@@ -65,31 +97,60 @@ async def enqueue(
         """The first line whose key the broker has not confirmed (all before it it has)."""
         while len(unconfirmed) > published - publisher.confirmed:
             unconfirmed.popleft()
-        return unconfirmed[0] if unconfirmed else next_line
+        return unconfirmed[0][0] if unconfirmed else next_line
 
     try:
         channel = await amqp.publishing_channel(connection)
         await topology.declare(channel, queues)
         publisher = ConfirmedPublisher(channel, queues.fetch)
         try:
-            async for chunk in source:
-                for number, key in chunk:
-                    await publisher.publish(codec.encode_task(key))
-                    unconfirmed.append(number)
-                    published += 1
-                    next_line = number + 1
-                    show.update(publisher.confirmed)
-                # The next read may wait on a slow pipe or query: what was read goes out first.
-                await publisher.flush()
-                resume_line()  # forget the lines of the keys confirmed by now
+            try:
+                async for chunk in source:
+                    lines: dict[str, int] = {}  # each key's first line in the chunk
+                    for number, key in chunk:
+                        lines.setdefault(key, number)
+                    pending.extend(await inflight.claim(list(lines), lifetime, force))
+                    tally.in_flight += len(chunk) - len(pending)
+                    while pending:
+                        key = pending[0]
+                        await publisher.publish(codec.encode_task(key))
+                        pending.popleft()
+                        unconfirmed.append((lines[key], key))
+                        published += 1
+                        next_line = lines[key] + 1
+                        tally.queued = publisher.confirmed
+                        show.update(tally.queued)
+                    next_line = chunk[-1][0] + 1  # keys in flight after the last published
+                    # The next read may wait on a slow pipe or query: what was read goes first.
+                    await publisher.flush()
+                    resume_line()  # forget the lines of the keys confirmed by now
+            except (BadInput, asyncpg.PostgresError, OSError):
+                await publisher.drain()  # "the keys before it were queued" holds
+                raise
+            finally:
+                tally.queued = publisher.confirmed
             await publisher.drain()
+            tally.queued = publisher.confirmed
         except amqp.BROKER_ERRORS as exc:
-            raise Interrupted(exc, publisher.confirmed, resume_line()) from exc
+            line = resume_line()
+            tally.queued = publisher.confirmed
+            await release(inflight, [*pending, *(key for _, key in unconfirmed)])
+            raise Interrupted(exc, publisher.confirmed, line) from exc
         finally:
-            show.update(publisher.confirmed, final=True)
-        return publisher.confirmed
+            show.update(tally.queued, final=True)
+        return tally
     finally:
         await connection.close()
+        await client.aclose()
+
+
+async def release(inflight: store.InFlight, keys: list[str]) -> None:
+    """Give up the marks of keys that may not have been queued, so a rerun queues them."""
+    try:
+        await inflight.release(keys)
+    except aioredis.RedisError as exc:
+        log.warning("%d keys not queued stay marked in flight until their marks lapse, "
+                    "Redis: %s", len(keys), exc)  # fmt: skip
 
 
 def optional_url(text: str) -> str:
@@ -104,7 +165,26 @@ SQL_URL = settings.Option(
     default="",
     secret=True,
 )
-OPTIONS = (settings.AMQP_URL, settings.PIPELINE, settings.LOG_LEVEL)
+
+
+def feed_name(text: str) -> str:
+    """A feed's name as the Pipeline's ``spec.feeds`` gives it (a DNS label, 1-63); empty for
+    a run that is no feed's."""
+    return settings.pipeline_name(text) if text else ""
+
+
+FEED = settings.Option(
+    "SLUICEWAY_FEED",
+    feed_name,
+    "the Pipeline feed this run is (set by its CronJob): its outcome is kept in Redis, "
+    "where the operator reads it",
+    allowed="a feed name: 1-63 of a-z 0-9 -, starting and ending alphanumeric; or empty",
+    default="",
+)
+OPTIONS = (
+    settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE, settings.INFLIGHT_TIMEOUT, FEED,
+    settings.LOG_LEVEL,
+)  # fmt: skip
 # What each source reads besides: a run resolves (and keeps secret) only what it uses, so a
 # file run neither needs nor refuses a database setting.
 SOURCE_OPTIONS = {"file": (), "sql": (settings.DATABASE_URL, SQL_URL),
@@ -135,7 +215,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", metavar="N", type=positive,
                         help="--stale: the N stalest only")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true",
-                        help="count the keys and print the first ones; queue nothing")  # fmt: skip
+                        help="count the keys and print the first ones; queue nothing (and "
+                        "ask nobody which are in flight)")  # fmt: skip
+    parser.add_argument("--force", action="store_true",
+                        help="queue every key, also those already in flight")  # fmt: skip
     every = dict.fromkeys(option for used in SOURCE_OPTIONS.values() for option in used)
     settings.add_options(parser, (*every, *OPTIONS))
 
@@ -173,8 +256,43 @@ def run(args: argparse.Namespace) -> int:
     options = (*SOURCE_OPTIONS[kind], *OPTIONS)
     values = settings.resolve(args, options)
     logs.setup(values["log_level"], secrets=settings.secret_values(options, values))
-    started = time.monotonic()
+    started = datetime.now(UTC)
+    tally = Tally()
     skipped = Skipped()
+    error = read(args, kind, values, skipped, tally)
+    if args.dry_run:
+        if error is None:
+            passed = f"; {skipped.blank:,} blank or NULL skipped" if skipped.blank else ""
+            print(f"{tally.queued:,} keys would be queued{passed}; nothing was queued (--dry-run)")
+        return 0 if error is None else 1
+    if values["feed"]:
+        run_record = {
+            "started": started.isoformat(), "finished": datetime.now(UTC).isoformat(),
+            "ok": error is None, "queued": tally.queued, "in_flight": tally.in_flight,
+            "skipped": skipped.blank, "error": error,
+        }  # fmt: skip
+        asyncio.run(record_run(values["redis_url"], values["pipeline"], values["feed"], run_record))
+    if error is not None:
+        print(f"sluiceway enqueue: {error}", file=sys.stderr)
+        return 1
+    seconds = (datetime.now(UTC) - started).total_seconds()
+    log.info(
+        "enqueued %s keys to %s in %.1fs (%s/s); already in flight %s, not queued again%s",
+        f"{tally.queued:,}",
+        topology.Queues(values["pipeline"]).fetch,
+        seconds,
+        f"{tally.queued / max(seconds, 1e-9):,.0f}",
+        f"{tally.in_flight:,}",
+        f"; {skipped.blank:,} blank or NULL skipped" if skipped.blank else "",
+    )
+    return 0
+
+
+def read(
+    args: argparse.Namespace, kind: str, values: dict[str, Any], skipped: Skipped, tally: Tally
+) -> str | None:
+    """Read the source and queue its keys (count them, with ``--dry-run``); return None when
+    done, else what stopped the run, for its error line."""
     with contextlib.ExitStack() as stack:
         if kind == "file":
             try:
@@ -182,9 +300,7 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
                 )
             except OSError as exc:
-                print(f"sluiceway enqueue: cannot read {args.file}: {exc.strerror}",
-                      file=sys.stderr)  # fmt: skip
-                return 1
+                return f"cannot read {args.file}: {exc.strerror}"
             where, source = args.file, file_keys(stream, skipped)
         elif kind == "sql":
             url = values["sql_url"] or values["database_url"]
@@ -194,39 +310,43 @@ def run(args: argparse.Namespace) -> int:
             where, source = "--stale", stale_keys(url, values["pipeline"], args.stale, args.limit)
         try:
             if args.dry_run:
-                count = asyncio.run(dry_run(source, sys.stdout))
+                tally.queued = asyncio.run(dry_run(source, sys.stdout))
             else:
-                show = Progress("enqueued", "keys")
-                count = asyncio.run(enqueue(values["amqp_url"], values["pipeline"], source, show))
+                asyncio.run(
+                    enqueue(
+                        values["amqp_url"], values["redis_url"], values["pipeline"], source,
+                        Progress("queued", "keys"), lifetime=values["inflight_timeout"],
+                        force=args.force, tally=tally,
+                    )
+                )  # fmt: skip
         except BadInput as exc:
-            done = "" if args.dry_run else "; keys before it were enqueued"
-            print(f"sluiceway enqueue: {where}: {exc}{done}", file=sys.stderr)
-            return 1
+            return f"{where}: {exc}{queued(args, tally)}"
         except asyncpg.PostgresError as exc:
-            done = "" if args.dry_run else "; keys before the failure were enqueued"
-            print(f"sluiceway enqueue: {where}: the query failed: {logs.error_text(exc)}{done}",
-                  file=sys.stderr)  # fmt: skip
-            return 1
+            return f"{where}: the query failed: {logs.error_text(exc)}{queued(args, tally)}"
+        except StartupError as exc:
+            return str(exc)
         except Interrupted as exc:
-            print(f"sluiceway enqueue: stopped by the broker ({exc}) after {exc.confirmed:,} "
-                  f"keys were confirmed; {resume_hint(kind, args.file, exc.resume_line)}  "
-                  "(keys queued twice are fetched twice and stored once)",
-                  file=sys.stderr)  # fmt: skip
-            return 1
-    seconds = time.monotonic() - started
-    passed = f"; {skipped.blank:,} blank or NULL skipped" if skipped.blank else ""
-    if args.dry_run:
-        print(f"{count:,} keys would be queued{passed}; nothing was queued (--dry-run)")
-        return 0
-    log.info(
-        "enqueued %s keys to %s in %.1fs (%s/s)%s",
-        f"{count:,}",
-        topology.Queues(values["pipeline"]).fetch,
-        seconds,
-        f"{count / max(seconds, 1e-9):,.0f}",
-        passed,
-    )
-    return 0
+            return (f"stopped by the broker ({exc}) after {exc.confirmed:,} keys were "
+                    f"confirmed; {resume_hint(kind, args.file, exc.resume_line)}  (keys queued "
+                    "twice are fetched twice and stored once)")  # fmt: skip
+    return None
+
+
+def queued(args: argparse.Namespace, tally: Tally) -> str:
+    """What a run that stopped on its source had queued, for its error line."""
+    return "" if args.dry_run else f"; {tally.queued:,} keys before it were queued"
+
+
+async def record_run(redis_url: str, pipeline: str, feed: str, run: dict[str, Any]) -> None:
+    """Keep a feed run's outcome where the operator reads it; a Redis that is away costs
+    only the Pipeline's report of this run, so it is a warning."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await store.FeedRuns(client, pipeline).record(feed, run)
+    except aioredis.RedisError as exc:
+        log.warning("feed %s: cannot record this run in Redis: %s", feed, exc)
+    finally:
+        await client.aclose()
 
 
 def resume_hint(kind: str, file: str | None, line: int) -> str:

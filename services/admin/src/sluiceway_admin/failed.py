@@ -4,7 +4,8 @@ The failed set holds the keys; a hash beside it holds each key's reason as JSON.
 publishes a fetch task per key (all of them, or those whose reason holds ``--reason``), marked
 with the header ``x-sluiceway-retry``; a key leaves the set only when a fetcher has landed its
 record. Removing keys at re-enqueue time instead would race a fetcher that fails the key again
-at once and puts it back, and would lose keys whose retry task was lost.
+at once and puts it back, and would lose keys whose retry task was lost. Like ``enqueue``, it
+queues only keys not in flight already, and marks those it queues.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach
 from sluiceway_common.publisher import ConfirmedPublisher
 
-OPTIONS = (settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE, settings.LOG_LEVEL)
+OPTIONS = (
+    settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE, settings.INFLIGHT_TIMEOUT,
+    settings.LOG_LEVEL,
+)  # fmt: skip
 
 
 async def list_failed(redis_url: str, pipeline: str) -> list[tuple[str, dict[str, Any]]]:
@@ -38,14 +42,22 @@ async def list_failed(redis_url: str, pipeline: str) -> list[tuple[str, dict[str
 
 
 async def retry_failed(
-    amqp_url: str, redis_url: str, pipeline: str, reason: str | None = None
-) -> int:
-    """Re-enqueue the failed keys (those whose reason holds ``reason``, when given)."""
+    amqp_url: str,
+    redis_url: str,
+    pipeline: str,
+    reason: str | None = None,
+    *,
+    lifetime: float,
+) -> tuple[int, int]:
+    """Re-enqueue the failed keys (those whose reason holds ``reason``, when given) that are
+    not in flight, marking each in flight for ``lifetime`` seconds; return how many were
+    queued and how many were in flight already."""
     queues = topology.Queues(pipeline)
     client = aioredis.Redis.from_url(redis_url)
     failed = store.FailedSet(client, pipeline)
+    inflight = store.InFlight(client, pipeline)
     connection = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "failed-retry"))
-    retried = 0
+    retried = skipped = 0
     try:
         channel = await amqp.publishing_channel(connection)
         await topology.declare(channel, queues)
@@ -59,12 +71,14 @@ async def retry_failed(
                     for key, info in zip(keys, infos, strict=True)
                     if reason in str(info.get("reason", ""))
                 ]
-            for key in keys:
+            claimed = await inflight.claim(keys, lifetime)
+            for key in claimed:
                 await publisher.publish(codec.encode_task(key))
             await publisher.flush()
-            retried += len(keys)
+            retried += len(claimed)
+            skipped += len(keys) - len(claimed)
         await publisher.drain()
-        return retried
+        return retried, skipped
     finally:
         await connection.close()
         await client.aclose()
@@ -98,12 +112,15 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"{key}\t{info.get('status', '-')}\t{info.get('reason', '')}")
     elif args.action == "retry":
-        count = asyncio.run(
-            retry_failed(values["amqp_url"], values["redis_url"], pipeline, args.reason)
-        )
+        count, in_flight = asyncio.run(
+            retry_failed(
+                values["amqp_url"], values["redis_url"], pipeline, args.reason,
+                lifetime=values["inflight_timeout"],
+            )
+        )  # fmt: skip
         print(
-            f"re-enqueued {count:,} failed keys of pipeline {pipeline}; each leaves the failed "
-            "set once its record lands"
+            f"re-enqueued {count:,} failed keys of pipeline {pipeline}, already in flight "
+            f"{in_flight:,}; each leaves the failed set once its record lands"
         )
     else:
         count = asyncio.run(clear_failed(values["redis_url"], pipeline))

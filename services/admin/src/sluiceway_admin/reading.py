@@ -36,6 +36,7 @@ class Status:
     failed: int
     buffered: int = 0  # rows in records_buffer, waiting for a buffered-mode merger
     retrying: int = 0  # fetch tasks on the delay queues, waiting for their next attempt
+    in_flight: int = 0  # keys marked in flight: queued, waiting to retry or being fetched
 
     def depth(self, name: str) -> int:
         return sum(q.ready for q in self.queues if q.name == name)
@@ -104,7 +105,8 @@ class StatusReader:
         rows = await row_count(db, pipeline)
         buffered = await buffered_count(db, pipeline)
         failed = await store.FailedSet(self._redis, pipeline).count()
-        return Status(pipeline, depths, rows, failed, buffered, retrying)
+        in_flight = await store.InFlight(self._redis, pipeline).count()
+        return Status(pipeline, depths, rows, failed, buffered, retrying, in_flight)
 
 
 async def collect(database_url: str, amqp_url: str, redis_url: str, pipeline: str) -> Status:

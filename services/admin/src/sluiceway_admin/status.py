@@ -36,6 +36,7 @@ def render(status: Status) -> str:
     lines.append(f"  keys failed   {status.failed:,}")
     if status.retrying:
         lines.append(f"  keys waiting  {status.retrying:,} (for their next attempt)")
+    lines.append(f"  keys in flight {status.in_flight:,} (queued, waiting or being fetched)")
     return "\n".join(lines)
 
 

@@ -146,6 +146,7 @@ def render(
     if status.buffered:
         lines.append(_row("rows buffered", f"{status.buffered:,}", "", "waiting for the merger"))
     lines.append(_row("keys failed", f"{status.failed:,}", _rate(t.failed_rate if t else None)))
+    lines.append(_row("keys in flight", f"{status.in_flight:,}", "", "not queued again"))
     if expected is not None:
         done = landed(status) + status.failed
         lines.append(_row("keys done", f"{done:,}", "", f"of {expected:,}"))

@@ -350,3 +350,13 @@ MAX_ATTEMPTS = Option(
     "attempts at a key before a timeout, connection error, 5xx, 408 or 429 fails it for good",
     default="5",
 )
+
+INFLIGHT_TIMEOUT = Option(
+    "SLUICEWAY_INFLIGHT_TIMEOUT",
+    # A day: longer than any backlog the retries and a busy fetch queue should build; a mark
+    # whose task was lost lapses after it.
+    number(1, 30 * 86400, unit="seconds"),
+    "a key queued by enqueue or failed retry is not queued again for this long, unless its "
+    "fetch ends first (it lands or fails for good)",
+    default="86400",
+)

@@ -1,6 +1,6 @@
 """A pipeline's state in Redis: each structure's key names and every operation on it.
 
-Two structures, each owned here and nowhere else:
+Four structures, each owned here and nowhere else:
 
 * the *failed set*: the keys whose fetch failed for good, and beside it a hash of each key's
   reason as JSON (``{"reason", "status", "attempts", "at"}``). The fetcher adds a key and
@@ -10,13 +10,21 @@ Two structures, each owned here and nowhere else:
   the operator) and an upstream's pause. The limiter's Lua script reads and writes them in one
   atomic step; the rest goes through :class:`RateKeys`. Times in them are Redis server time in
   seconds, so that no fetcher's clock matters.
+* the *in-flight marks*: a sorted set of the keys whose fetch task is queued, waiting on a
+  delay queue or held by a fetcher, each scored with the Redis time its mark lapses.
+  ``sluiceway enqueue`` and ``sluiceway failed retry`` claim a key before they queue it and
+  skip it while its mark holds; the fetcher releases it once the key's record is confirmed or
+  the key enters the failed set. A mark whose task was lost lapses by itself (see
+  :class:`InFlight`).
+* the *feed runs*: a hash of each feed's last ``enqueue --feed NAME`` run as JSON, which the
+  operator reports in the Pipeline's status.
 
 The key names are a contract (users and checks outside the project read them).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +63,22 @@ def rate_pause_until(pipeline: str) -> str:
     return f"sluiceway:{pipeline}:rate:pause_until"
 
 
+def inflight(pipeline: str) -> str:
+    """Sorted set: key -> Redis time (seconds) at which its in-flight mark lapses."""
+    return f"sluiceway:{pipeline}:inflight"
+
+
+def feed_runs(pipeline: str) -> str:
+    """Hash: feed name -> JSON of its last run (see :class:`FeedRuns`)."""
+    return f"sluiceway:{pipeline}:feeds"
+
+
 def owned(pipeline: str) -> tuple[str, ...]:
     """Every Redis key of the pipeline: what to delete along with it."""
     return (
         failed_set(pipeline), failed_info(pipeline),
         rate_last(pipeline), rate_limit(pipeline), rate_pause_until(pipeline),
+        inflight(pipeline), feed_runs(pipeline),
     )  # fmt: skip
 
 
@@ -75,12 +94,15 @@ class FailedSet:
         self._client = client
         self._keys = failed_set(pipeline)
         self._info = failed_info(pipeline)
+        self._inflight = inflight(pipeline)
 
     async def add(self, key: str, info: dict[str, Any]) -> None:
-        """Record ``key`` as failed for good, with why."""
+        """Record ``key`` as failed for good, with why; in the same step it stops being in
+        flight, so that it can be queued again (``failed retry``) and is never in neither."""
         async with self._client.pipeline(transaction=True) as tx:
             tx.sadd(self._keys, key)
             tx.hset(self._info, key, orjson.dumps(info))
+            tx.zrem(self._inflight, key)
             await tx.execute()
 
     async def forget(self, key: str) -> None:
@@ -121,6 +143,100 @@ class FailedSet:
             tx.delete(self._keys, self._info)
             count, _ = await tx.execute()
         return int(count)
+
+
+# --- the in-flight marks ------------------------------------------------------------------
+
+# Drops the lapsed marks, then marks each key of ARGV[3..] that holds no mark (or every one,
+# when ARGV[2] is "1") until now + ARGV[1] seconds, on Redis's clock; returns the positions
+# (from 1) of the keys it marked. One atomic step, so two feeds racing over the same keys
+# claim each key once; a key twice in one call is claimed once.
+CLAIM_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now))
+local lapses = string.format('%.6f', now + tonumber(ARGV[1]))
+local force = ARGV[2] == '1'
+local claimed = {}
+for i = 3, #ARGV do
+  if force or not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], lapses, ARGV[i])
+    claimed[#claimed + 1] = i - 2
+  end
+end
+return claimed
+"""
+
+# Marks that have not lapsed, on Redis's clock.
+COUNT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%.6f', now), '+inf')
+"""
+
+
+class InFlight:
+    """One pipeline's in-flight marks.
+
+    A mark is claimed by whoever queues the key and released by the fetcher when the key's
+    task ends (its record confirmed, or the key in the failed set); a retry on a delay queue
+    keeps it. A task lost with its queue never releases its mark, so every mark lapses after
+    the lifetime its claimer gave (``SLUICEWAY_INFLIGHT_TIMEOUT``); a key whose task outlives
+    that may be queued twice, which costs a second fetch and no row.
+    """
+
+    def __init__(self, client: aioredis.Redis, pipeline: str) -> None:
+        self._client = client
+        self.key = inflight(pipeline)
+        self._claim = client.register_script(CLAIM_LUA)
+        self._count = client.register_script(COUNT_LUA)
+
+    async def claim(self, keys: Sequence[str], lifetime: float, force: bool = False) -> list[str]:
+        """Mark ``keys`` in flight for ``lifetime`` seconds; return those that were not
+        (all of them, marked again, with ``force``), in order, each once."""
+        if not keys:
+            return []
+        positions = await self._claim(keys=[self.key], args=[plain(lifetime), int(force), *keys])
+        return [keys[int(position) - 1] for position in positions]
+
+    async def release(self, keys: Collection[str]) -> None:
+        """``keys`` are no longer in flight."""
+        if keys:
+            await self._client.zrem(self.key, *keys)
+
+    async def count(self) -> int:
+        """Keys in flight now."""
+        return int(await self._count(keys=[self.key]))
+
+
+# --- the feed runs ------------------------------------------------------------------------
+
+
+class FeedRuns:
+    """The last run of each of a pipeline's feeds (``enqueue --feed NAME``), as JSON:
+    ``{"started", "finished", "ok", "queued", "in_flight", "skipped", "error"}`` (times ISO
+    8601 in UTC; ``error`` null on success)."""
+
+    def __init__(self, client: aioredis.Redis, pipeline: str) -> None:
+        self._client = client
+        self.key = feed_runs(pipeline)
+
+    async def record(self, feed: str, run: dict[str, Any]) -> None:
+        await self._client.hset(self.key, feed, orjson.dumps(run))
+
+    async def read(self) -> dict[str, dict[str, Any]]:
+        """Every feed's last run, by name."""
+        found: dict[bytes | str, bytes | str] = await self._client.hgetall(self.key)
+        return {
+            (name.decode() if isinstance(name, bytes) else name): orjson.loads(run)
+            for name, run in found.items()
+        }
+
+    async def forget(self, feeds: Iterable[str]) -> None:
+        """Drop the runs of feeds that no longer exist."""
+        names = list(feeds)
+        if names:
+            await self._client.hdel(self.key, *names)
 
 
 # --- the rate keys -----------------------------------------------------------------------

@@ -3,6 +3,8 @@ then ack.
 
 A task is acked only after its outcome is safe: the record confirmed by the broker, its next
 attempt confirmed on a delay queue (see ``retry.py``), or the key written to the failed set.
+A key whose record is confirmed, or that enters the failed set, stops being in flight
+(:class:`sluiceway_common.store.InFlight`) before its task is acked; a retry keeps the mark.
 A crash before that leaves the task unacked, and the broker delivers it again; every outcome
 is idempotent or harmless twice, so a redelivery changes nothing that matters. A task waiting
 for the rate limit when the fetcher stops goes back to the queue.
@@ -48,6 +50,17 @@ def attempt_of(message: AbstractIncomingMessage) -> int:
         return max(1, int(value)) if isinstance(value, int | str) else 1
     except (TypeError, ValueError):
         return 1
+
+
+async def release_landed(inflight: store.InFlight, keys: list[str]) -> None:
+    """The records of ``keys`` are confirmed (a pack's, see ``packer.py``): they stop being in
+    flight. Should Redis be away their marks stay and lapse after their lifetime
+    (``SLUICEWAY_INFLIGHT_TIMEOUT``); the tasks are acked all the same, their records safe."""
+    try:
+        await inflight.release(keys)
+    except redis.exceptions.RedisError as exc:
+        log.warning("%d landed keys stay marked in flight until their marks lapse, Redis: %s",
+                    len(keys), exc)  # fmt: skip
 
 
 class Fetcher:
@@ -118,7 +131,8 @@ class Fetcher:
         self.outcomes[outcome.outcome, str(outcome.status or "none")] += 1
         if isinstance(outcome, Fetched):
             # Returns once the broker confirmed the message this record went out in.
-            await self._packer.publish(codec.encode_record(key, outcome.body, datetime.now(UTC)))
+            record = codec.encode_record(key, outcome.body, datetime.now(UTC))
+            await self._packer.publish(record, key)
             self.fetched += 1
             if (message.headers or {}).get(codec.RETRY_HEADER):
                 await self._forget_failure(key)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from functools import partial
 
 import httpx
 import redis.asyncio as aioredis
 
-from sluiceway_common import logs, settings, topology
+from sluiceway_common import logs, settings, store, topology
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach, run_until_signalled
 from sluiceway_common.service import Service
 from sluiceway_fetcher import metrics
 from sluiceway_fetcher.config import FetcherSettings
-from sluiceway_fetcher.consumer import Fetcher
+from sluiceway_fetcher.consumer import Fetcher, release_landed
 from sluiceway_fetcher.limiter import SharedLimiter
 from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.transport import AiohttpTransport
@@ -43,7 +44,10 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
         fetch_queue, *_ = await topology.declare(channel, queues)
         await topology.declare(channel, queues, *queues.retries())
         limiter = SharedLimiter(redis_client, config.pipeline, config.rate_limit)
-        packer = Packer(channel, queues.records, config.pack_policy())
+        inflight = store.InFlight(redis_client, config.pipeline)
+        packer = Packer(
+            channel, queues.records, config.pack_policy(), partial(release_landed, inflight)
+        )
         registry = service.observer.registry
         fetcher = Fetcher(
             channel, queues, http, redis_client, limiter, packer, config.source_url,

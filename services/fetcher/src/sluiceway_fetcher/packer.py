@@ -6,19 +6,25 @@ when alone, else a JSON array of them (the writer accepts both). A body of at le
 ``compress_min_bytes`` is compressed with zstd and marked ``content_encoding: zstd``; a single
 small record is not worth it. Each record's publisher waits for its pack's broker confirm, so
 a fetch task is still acked only after its own record is safe; a key that failed never enters
-a pack, so its failure stays its own.
+a pack, so its failure stays its own. Once a pack is confirmed, and before its publishers
+return, ``confirmed`` is handed the keys of its records: the fetcher releases their in-flight
+marks there, one Redis call a pack.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import zstandard
 from aio_pika.abc import AbstractChannel
 
 from sluiceway_common import topology
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,14 +56,22 @@ class PackPolicy:
 class _Pack:
     confirmed: asyncio.Future[None]
     records: list[bytes] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
     size: int = 0
 
 
 class Packer:
     """Packs records for one queue and publishes each pack with a broker confirm."""
 
-    def __init__(self, channel: AbstractChannel, routing_key: str, policy: PackPolicy) -> None:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        routing_key: str,
+        policy: PackPolicy,
+        confirmed: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> None:
         self._channel = channel
+        self._confirmed = confirmed
         self._routing_key = routing_key
         self._policy = policy
         self._pack: _Pack | None = None
@@ -65,8 +79,9 @@ class Packer:
         self._sending: set[asyncio.Task[None]] = set()
         self.messages = 0
 
-    async def publish(self, record: bytes) -> None:
-        """Put ``record`` in the open pack; return once the broker confirmed its message."""
+    async def publish(self, record: bytes, key: str | None = None) -> None:
+        """Put ``record`` (of ``key``) in the open pack; return once the broker confirmed its
+        message and the pack's keys were handed on."""
         pack = self._pack
         if pack is not None and not self._policy.fits(len(pack.records), pack.size, len(record)):
             self._send_open_pack()
@@ -80,6 +95,8 @@ class Packer:
                     self._policy.linger, self._send_open_pack
                 )
         pack.records.append(record)
+        if key is not None:
+            pack.keys.append(key)
         pack.size += len(record)
         if self._policy.full(len(pack.records), pack.size):
             self._send_open_pack()
@@ -110,6 +127,8 @@ class Packer:
                 pack.confirmed.set_exception(exc)
         else:
             self.messages += 1
+            if self._confirmed is not None and pack.keys:
+                await self._confirmed(pack.keys)
             if not pack.confirmed.done():
                 pack.confirmed.set_result(None)
 
