@@ -396,6 +396,7 @@ async def test_redis_cut_off_stops_fetching_and_loses_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="sluiceway_fetcher")
+    caplog.set_level(logging.INFO, logger="sluiceway_common.limiter")
     queues = topology.Queues(pipeline)
     upstream = Upstream()
     proxy = await TcpProxy(services.redis).start()
