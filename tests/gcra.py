@@ -1,5 +1,5 @@
 """The reference model of the shared rate limiter's arithmetic: GCRA with reservations, as
-``sluiceway_fetcher.ratelimit`` describes it and the limiter's Lua script runs it in Redis.
+``sluiceway_common.ratelimit`` describes it and the limiter's Lua script runs it in Redis.
 
 Pure Python, operation for operation the script's: the unit tests check the limiter's
 properties on it (spacing, burst, horizon, spare slots), and an integration test runs the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sluiceway_fetcher.ratelimit import AHEAD, BURST, SPARE
+from sluiceway_common.ratelimit import AHEAD, BURST, SPARE
 
 
 @dataclass(frozen=True, slots=True)

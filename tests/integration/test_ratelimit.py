@@ -19,8 +19,7 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from sluiceway_common import codec, store, topology
-from sluiceway_common.settings import RATE_LIMIT
-from sluiceway_fetcher.limiter import (
+from sluiceway_common.limiter import (
     GCRA_LUA,
     HELPERS_LUA,
     LATE,
@@ -28,7 +27,8 @@ from sluiceway_fetcher.limiter import (
     LimiterClosed,
     SharedLimiter,
 )
-from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE
+from sluiceway_common.ratelimit import AHEAD, AIM, BURST, SPARE
+from sluiceway_common.settings import RATE_LIMIT
 from tests.conftest import ServiceUrls
 from tests.gcra import Gcra
 from tests.integration.helpers import (
@@ -396,6 +396,7 @@ async def test_redis_cut_off_stops_fetching_and_loses_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="sluiceway_fetcher")
+    caplog.set_level(logging.INFO, logger="sluiceway_common.limiter")
     queues = topology.Queues(pipeline)
     upstream = Upstream()
     proxy = await TcpProxy(services.redis).start()

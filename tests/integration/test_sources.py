@@ -1,18 +1,25 @@
-"""``enqueue``'s database sources against the real services, through the CLI: a SQL query's
-rows (read-only, NULLs skipped and counted), the pipeline's stale rows, and ``--dry-run``."""
+"""``enqueue``'s sources against the real services, through the CLI: a SQL query's rows
+(read-only, NULLs skipped and counted), the pipeline's stale rows, ``--dry-run``, and an
+upstream's listing (``--http``) served in-process by the sample API or a scripted upstream."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
+from aiohttp import web
 
-from sluiceway_common import codec, topology
+from sluiceway_common import codec, store, topology
+from sluiceway_sample_api.data import is_missing, listed_key
+from sluiceway_sample_api.server import Behaviour, make_app
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, drain
+from tests.integration.helpers import depth, drain, eventually, http_server
 from tests.integration.test_admin import sluiceway
 
 pytestmark = pytest.mark.integration
@@ -136,11 +143,18 @@ async def test_dry_run_counts_and_shows_and_queues_nothing(
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        ((), "give one source: FILE|-, --sql QUERY or --stale AGE"),
+        ((), "give one source: FILE|-, --sql QUERY, --stale AGE or --http URL"),
         (
             ("-", "--sql", "SELECT 1"),
-            "give one source: FILE|-, --sql QUERY or --stale AGE (got file, sql)",
+            "give one source: FILE|-, --sql QUERY, --stale AGE or --http URL (got file, sql)",
         ),
+        (("-", "--http", "http://h/"), "(got file, http)"),
+        (("-", "--items", "/data"), "--items goes with --http"),
+        (("--sql", "SELECT 1", "--cursor-param", "c"), "--cursor-param goes with --http"),
+        (("--http", "http://h/", "--cursor-param", "c"), "--cursor-param goes with --next"),
+        (("--http", "http://h/", "--items", "data"), "--items='data' is not a JSON pointer"),
+        (("--http", "http://h/", "--key", "/a~2"), "--key='/a~2' is not a JSON pointer"),
+        (("--http", "ftp://h/"), "--http='ftp://h/' is not allowed: an http(s) URL"),
         (("--sql", "SELECT 1", "--limit", "5"), "--limit goes with --stale"),
         (("--stale", "1w"), "'1w' is not an age"),
         (("--stale", "1d", "--limit", "0"), "'0' is not a whole number from 1"),
@@ -172,3 +186,166 @@ async def test_a_file_run_reads_no_database_setting(
     refused = sluiceway(services, bad, pipeline, "enqueue", "--stale", "1d")
     assert refused.returncode == 2
     assert "SLUICEWAY_DATABASE_URL=" in refused.stderr
+
+
+# --- --http: an upstream's listing -------------------------------------------------------------
+
+
+async def listing_run(
+    services: ServiceUrls, database_url: str, pipeline: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``sluiceway enqueue --http …`` in a thread, so that this loop serves the upstream."""
+    return await asyncio.to_thread(sluiceway, services, database_url, pipeline, "enqueue",
+                                   "--http", *args)  # fmt: skip
+
+
+USERS = 250  # 7 pages of 40
+
+
+@pytest.mark.parametrize(
+    ("query", "flags"),
+    [
+        ("", ("--items", "/data", "--key", "/id", "--next", "/next", "--cursor-param", "cursor")),
+        ("&style=url", ("--items", "/data", "--key", "/id", "--next", "/next")),
+        ("&style=link", ()),  # bare keys, Link: <relative URL>; rel="next"
+    ],
+    ids=["cursor", "next-url", "link-header"],
+)
+async def test_http_queues_every_key_of_the_listing_once_in_each_paging_style(
+    services: ServiceUrls, database_url: str, pipeline: str, amqp_connection: AbstractConnection,
+    query: str, flags: tuple[str, ...],
+) -> None:  # fmt: skip
+    behaviour = Behaviour(users=USERS, not_found_rate=0.05)
+    async with http_server(make_app(behaviour)) as base:
+        result = await listing_run(services, database_url, pipeline,
+                                   f"{base}/users?limit=40{query}", *flags)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = [listed_key(i) for i in range(USERS) if not is_missing(listed_key(i), 0.05)]
+    assert await queued(amqp_connection, pipeline) == expected
+    assert f"enqueued {len(expected)} keys to" in result.stderr
+    assert behaviour.served[200] == 7  # one request a page
+
+
+class Upstream:
+    """Pages ``/p/1`` … of keys, each linking to the next (``Link``, relative); ``script``
+    holds, per page, the answers its next requests get before the page itself (status and
+    headers); ``loop_to`` makes the last page link back to that page."""
+
+    def __init__(self, pages: list[list[str]], loop_to: int | None = None) -> None:
+        self.pages = pages
+        self.loop_to = loop_to
+        self.script: dict[int, list[tuple[int, dict[str, str]]]] = {}
+        self.seen: list[tuple[int, float, str | None]] = []  # page, loop time, Authorization
+
+    def app(self) -> web.Application:
+        async def page(request: web.Request) -> web.Response:
+            number = int(request.match_info["n"])
+            loop = asyncio.get_running_loop()
+            self.seen.append((number, loop.time(), request.headers.get("Authorization")))
+            if self.script.get(number):
+                status, headers = self.script[number].pop(0)
+                return web.json_response({"error": "scripted"}, status=status, headers=headers)
+            following = number + 1 if number < len(self.pages) else self.loop_to
+            links = {"Link": f'</p/{following}>; rel="next"'} if following else {}
+            return web.json_response(self.pages[number - 1], headers=links)
+
+        app = web.Application()
+        app.router.add_get("/p/{n}", page)
+        return app
+
+    def requests_for(self, number: int) -> int:
+        return sum(seen == number for seen, _, _ in self.seen)
+
+
+PAGES = [["a1", "a2"], ["b1", "b2"], ["c1", "c2"], ["d1"]]
+HEADERS = '{"Authorization": "Bearer t0ken"}'
+
+
+async def test_http_a_page_that_is_refused_stops_the_run_with_its_url_and_the_count(
+    services: ServiceUrls, database_url: str, pipeline: str, amqp_connection: AbstractConnection
+) -> None:
+    upstream = Upstream(PAGES)
+    upstream.script[3] = [(404, {})]
+    async with http_server(upstream.app()) as base:
+        result = await listing_run(services, database_url, pipeline, f"{base}/p/1",
+                                   "--source-headers", HEADERS)  # fmt: skip
+    assert result.returncode == 1
+    said = (
+        f"sluiceway enqueue: --http: {base}/p/3: HTTP 404 Not Found; 4 keys before it were queued"
+    )
+    assert result.stderr.strip().splitlines()[-1] == said
+    assert await queued(amqp_connection, pipeline) == ["a1", "a2", "b1", "b2"]
+    assert upstream.requests_for(3) == 1  # a 404 is not tried again
+    assert {auth for _, _, auth in upstream.seen} == {"Bearer t0ken"}  # the pipeline's headers
+    assert "t0ken" not in result.stderr
+
+
+async def test_http_a_page_failing_on_every_attempt_stops_after_the_attempts(
+    services: ServiceUrls, database_url: str, pipeline: str, amqp_connection: AbstractConnection
+) -> None:
+    upstream = Upstream(PAGES)
+    upstream.script[2] = [(500, {})] * 5
+    async with http_server(upstream.app()) as base:
+        result = await listing_run(services, database_url, pipeline, f"{base}/p/1",
+                                   "--max-attempts", "2")  # fmt: skip
+    assert result.returncode == 1
+    assert (f"--http: {base}/p/2: HTTP 500 Internal Server Error (2 attempts); 2 keys before "
+            "it were queued") in result.stderr  # fmt: skip
+    assert upstream.requests_for(2) == 2
+    assert await queued(amqp_connection, pipeline) == ["a1", "a2"]
+
+
+async def test_http_a_listing_that_loops_stops_with_a_clear_error(
+    services: ServiceUrls, database_url: str, pipeline: str, amqp_connection: AbstractConnection
+) -> None:
+    upstream = Upstream(PAGES[:2], loop_to=1)
+    async with http_server(upstream.app()) as base:
+        result = await listing_run(services, database_url, pipeline, f"{base}/p/1")
+    assert result.returncode == 1
+    assert (f"--http: {base}/p/2: the next page {base}/p/1 was listed already: the listing "
+            "loops; 4 keys before it were queued") in result.stderr  # fmt: skip
+    assert await queued(amqp_connection, pipeline) == ["a1", "a2", "b1", "b2"]
+
+
+async def test_http_a_retry_after_pauses_the_pipeline_and_the_page_is_tried_again(
+    services: ServiceUrls, database_url: str, pipeline: str, amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:  # fmt: skip
+    upstream = Upstream(PAGES)
+    upstream.script[2] = [(429, {"Retry-After": "2"})]
+    rate = store.RateKeys(redis_client, pipeline)
+
+    async def paused() -> bool:
+        return (await rate.read()).paused_for > 0
+
+    async with http_server(upstream.app()) as base:
+        run = asyncio.create_task(listing_run(services, database_url, pipeline, f"{base}/p/1"))
+        # The pause is the pipeline's, in Redis: every fetcher waits it out too.
+        await eventually(paused, what="the pipeline paused")
+        result = await run
+    assert result.returncode == 0, result.stderr
+    assert "pausing the pipeline" in result.stderr
+    assert await queued(amqp_connection, pipeline) == [k for page in PAGES for k in page]
+    (asked, _), (again, _) = [(at, n) for n, at, _ in upstream.seen if n == 2]
+    assert again - asked >= 1.5  # waited for the pause (a lower bound: slowness only adds)
+
+
+async def test_http_listing_requests_take_their_slots_from_the_pipelines_shared_limit(
+    services: ServiceUrls, database_url: str, pipeline: str, amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:  # fmt: skip
+    rate = store.RateKeys(redis_client, pipeline)
+    assert await redis_client.get(rate.last) is None
+    # The pipeline's limit, set as `sluiceway rate set 2` does, rules the listing as it rules
+    # every fetcher; its own SLUICEWAY_RATE_LIMIT (1000 here) applies only without one.
+    await rate.set_override(2)
+    upstream = Upstream(PAGES)
+    async with http_server(upstream.app()) as base:
+        result = await listing_run(services, database_url, pipeline, f"{base}/p/1",
+                                   "--rate-limit", "1000")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert await redis_client.get(rate.last) is not None  # the limiter's state: slots taken
+    times = [at for _, at, _ in upstream.seen]
+    # 4 pages at 2/s: slots half a second apart, 1.5 s from the first to the last (a lower
+    # bound, less a margin for one request reaching the upstream later than its slot).
+    assert times[-1] - times[0] >= 1.2

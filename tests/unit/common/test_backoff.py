@@ -5,7 +5,7 @@ from itertools import islice
 import pytest
 
 from sluiceway_common.backoff import Backoff, Delays, pause
-from sluiceway_fetcher.limiter import REDIS_DELAYS
+from sluiceway_common.limiter import REDIS_DELAYS
 from sluiceway_writer.consumer import RETRY_DELAYS
 
 

@@ -91,3 +91,18 @@ def test_pipeline_names_refused(name: str) -> None:
 def test_parsers_refuse(parse: object, raw: str) -> None:
     with pytest.raises(ValueError):
         parse(raw)  # type: ignore[operator]
+
+
+def test_source_headers_are_a_json_object_of_one_line_strings() -> None:
+    assert settings.source_headers('{"Authorization": "Bearer t", "X-Api-Key": "k"}') == {
+        "Authorization": "Bearer t", "X-Api-Key": "k"}  # fmt: skip
+    assert settings.source_headers("{}") == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['["a"]', "not json", '{"Bad Name": "x"}', '{"X": 1}', '{"X": "a\\r\\nInjected: 1"}'],
+)
+def test_bad_source_headers(text: str) -> None:
+    with pytest.raises(ValueError):
+        settings.source_headers(text)

@@ -4,8 +4,8 @@ import httpx
 import pytest
 
 from sluiceway_common.codec import key_url
-from sluiceway_fetcher.config import source_headers, source_template
-from sluiceway_fetcher.source import Failed, Fetched, classify, retry_after
+from sluiceway_fetcher.config import source_template
+from sluiceway_fetcher.source import Failed, Fetched, classify
 
 
 @pytest.mark.parametrize(
@@ -73,32 +73,6 @@ def test_error_status_fails_with_it(status: int) -> None:
 NOW = datetime(2026, 11, 29, 18, 0, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        ("120", 120.0),
-        (" 7 ", 7.0),
-        ("0", 0.0),
-        ("1.5", 1.5),
-        ("99999999", 99999999.0),  # capped where it is applied, not here
-        ("Sun, 29 Nov 2026 18:00:30 GMT", 30.0),  # IMF-fixdate
-        ("Sunday, 29-Nov-26 18:01:00 GMT", 60.0),  # RFC 850
-        ("Sun Nov 29 18:00:05 2026", 5.0),  # asctime, which has no zone: GMT
-        ("Sun, 29 Nov 2026 17:00:00 GMT", 0.0),  # already past
-        (None, None),
-        ("", None),
-        ("soon", None),
-        ("-5", None),
-        ("1e3", None),
-        ("12 s", None),
-        ("Sun, 31 Feb 2026 18:00:00 GMT", None),
-        ("Sun, 29 Nov 99999 18:00:00 GMT", None),
-    ],
-)
-def test_retry_after(value: str | None, seconds: float | None) -> None:
-    assert retry_after(value, NOW) == seconds
-
-
 def response_with(status: int, **headers: str) -> httpx.Response:
     return httpx.Response(
         status, headers=headers, content=b"{}", request=httpx.Request("GET", "http://h/x")
@@ -149,18 +123,3 @@ def test_no_pause_without_a_retry_after_on_429_or_503(status: int, headers: dict
     assert isinstance(outcome, Failed)
     assert outcome.status == status
     assert outcome.retry_after is None
-
-
-def test_source_headers_are_a_json_object_of_one_line_strings() -> None:
-    assert source_headers('{"Authorization": "Bearer t", "X-Api-Key": "k"}') == {
-        "Authorization": "Bearer t", "X-Api-Key": "k"}  # fmt: skip
-    assert source_headers("{}") == {}
-
-
-@pytest.mark.parametrize(
-    "text",
-    ['["a"]', "not json", '{"Bad Name": "x"}', '{"X": 1}', '{"X": "a\\r\\nInjected: 1"}'],
-)
-def test_bad_source_headers(text: str) -> None:
-    with pytest.raises(ValueError):
-        source_headers(text)

@@ -1,6 +1,7 @@
 """``sluiceway enqueue``: one fetch task per key, from one source a run (see
-:mod:`sluiceway_admin.sources`): lines of a file or standard input, a SQL query's rows, or
-the pipeline's stale rows. ``--dry-run`` counts and shows the keys and queues nothing."""
+:mod:`sluiceway_admin.sources` and :mod:`sluiceway_admin.listing`): lines of a file or
+standard input, a SQL query's rows, the pipeline's stale rows, or the upstream's listing.
+``--dry-run`` counts and shows the keys and queues nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any, BinaryIO, TextIO
 import asyncpg
 import redis.asyncio as aioredis
 
+from sluiceway_admin.listing import Listing, Requests, http_keys, pointer
 from sluiceway_admin.progress import Progress
 from sluiceway_admin.sources import (
     BadInput,
@@ -188,7 +190,12 @@ OPTIONS = (
 # What each source reads besides: a run resolves (and keeps secret) only what it uses, so a
 # file run neither needs nor refuses a database setting.
 SOURCE_OPTIONS = {"file": (), "sql": (settings.DATABASE_URL, SQL_URL),
-                  "stale": (settings.DATABASE_URL,)}  # fmt: skip
+                  "stale": (settings.DATABASE_URL,),
+                  "http": (settings.SOURCE_HEADERS, settings.RATE_LIMIT,
+                           settings.MAX_ATTEMPTS, settings.REQUEST_TIMEOUT)}  # fmt: skip
+# The flags that shape a --http listing, and only that.
+LISTING_FLAGS = {"items": "--items", "key": "--key", "next": "--next",
+                 "cursor_param": "--cursor-param"}  # fmt: skip
 DRY_RUN_SHOWN = 10  # keys a dry run prints
 
 
@@ -214,13 +221,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(90s, 30m, 24h, 7d), oldest first")  # fmt: skip
     parser.add_argument("--limit", metavar="N", type=positive,
                         help="--stale: the N stalest only")  # fmt: skip
+    parser.add_argument("--http", metavar="URL",
+                        help="the upstream's listing endpoint: each page's items are keys; "
+                        "pages follow Link rel=next, or --next")  # fmt: skip
+    parser.add_argument("--items", metavar="POINTER",
+                        help="--http: the JSON pointer of a page's array of items, e.g. /data "
+                        "(default: the page is the array)")  # fmt: skip
+    parser.add_argument("--key", metavar="POINTER",
+                        help="--http: the key's JSON pointer in an item, e.g. /id (default: "
+                        "the item, a string or number, is the key)")  # fmt: skip
+    parser.add_argument("--next", metavar="POINTER",
+                        help="--http: the JSON pointer of the next page's URL in a page (or "
+                        "cursor, with --cursor-param); default: the Link header")  # fmt: skip
+    parser.add_argument("--cursor-param", metavar="NAME",
+                        help="--http --next: the value at --next is a cursor, sent as query "
+                        "parameter NAME of the listing's URL")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true",
                         help="count the keys and print the first ones; queue nothing (and "
                         "ask nobody which are in flight)")  # fmt: skip
     parser.add_argument("--force", action="store_true",
                         help="queue every key, also those already in flight")  # fmt: skip
-    every = dict.fromkeys(option for used in SOURCE_OPTIONS.values() for option in used)
-    settings.add_options(parser, (*every, *OPTIONS))
+    used = (option for options in SOURCE_OPTIONS.values() for option in options)
+    settings.add_options(parser, tuple(dict.fromkeys((*used, *OPTIONS))))
 
 
 def stale_age(text: str) -> float:
@@ -242,13 +264,39 @@ def positive(text: str) -> int:
 def chosen_source(args: argparse.Namespace) -> str:
     """Which source the run reads: exactly one is given."""
     given = [name for name, value in (("file", args.file), ("sql", args.sql),
-                                      ("stale", args.stale)) if value is not None]  # fmt: skip
+                                      ("stale", args.stale), ("http", args.http))
+             if value is not None]  # fmt: skip
     if len(given) != 1:
-        raise ConfigError("give one source: FILE|-, --sql QUERY or --stale AGE"
+        raise ConfigError("give one source: FILE|-, --sql QUERY, --stale AGE or --http URL"
                           + (f" (got {', '.join(given)})" if given else ""))  # fmt: skip
     if args.limit is not None and given != ["stale"]:
         raise ConfigError("--limit goes with --stale")
+    for dest, flag in LISTING_FLAGS.items():
+        if getattr(args, dest) is not None and given != ["http"]:
+            raise ConfigError(f"{flag} goes with --http")
+    if args.cursor_param is not None and args.next is None:
+        raise ConfigError("--cursor-param goes with --next: the cursor is the value there")
     return given[0]
+
+
+def http_listing(args: argparse.Namespace) -> Listing:
+    """The listing ``--http`` and its flags describe."""
+    try:
+        url = settings.url("http", "https")(args.http)
+    except ValueError:
+        raise ConfigError(f"--http={args.http!r} is not allowed: an http(s) URL") from None
+    pointers = {}
+    for dest in ("items", "key", "next"):
+        text = getattr(args, dest)
+        try:
+            pointers[dest] = None if text is None else pointer(text)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{LISTING_FLAGS[dest]}={text!r} is not a JSON pointer: {exc}"
+            ) from None
+    if args.cursor_param is not None and not args.cursor_param.strip():
+        raise ConfigError("--cursor-param='' is not allowed: a query parameter's name")
+    return Listing(url, **pointers, cursor_param=args.cursor_param)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -305,9 +353,15 @@ def read(
         elif kind == "sql":
             url = values["sql_url"] or values["database_url"]
             where, source = "--sql", sql_keys(url, args.sql, skipped)
-        else:
+        elif kind == "stale":
             url = values["database_url"]
             where, source = "--stale", stale_keys(url, values["pipeline"], args.stale, args.limit)
+        else:
+            requests = Requests(values["redis_url"], values["pipeline"], values["source_headers"],
+                                values["rate_limit"], values["max_attempts"],
+                                values["request_timeout"])  # fmt: skip
+            listed = http_keys(http_listing(args), requests, skipped)
+            where, source = "--http", listed
         try:
             if args.dry_run:
                 tally.queued = asyncio.run(dry_run(source, sys.stdout))

@@ -35,7 +35,8 @@ UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class BadInput(Exception):
-    """A line or row of the source cannot be a key; the message says which and why."""
+    """The source cannot go on: a line or row that cannot be a key, a listing's page that
+    cannot be had or read; the message says which and why. The keys before it are queued."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import re
@@ -359,4 +360,32 @@ INFLIGHT_TIMEOUT = Option(
     "a key queued by enqueue or failed retry is not queued again for this long, unless its "
     "fetch ends first (it lands or fails for good)",
     default="86400",
+)
+
+# The upstream's headers: the fetcher's requests and enqueue --http's listing send them.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def source_headers(text: str) -> dict[str, str]:
+    try:
+        headers = json.loads(text)
+    except ValueError:
+        raise Refused("not JSON") from None
+    if not isinstance(headers, dict):
+        raise Refused("not a JSON object")
+    for name, value in headers.items():
+        if not HEADER_NAME.fullmatch(name):
+            raise Refused("a header name is not an HTTP token")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise Refused(f"the value of {name} is not a one-line string")
+    return headers
+
+
+SOURCE_HEADERS = Option(
+    "SLUICEWAY_SOURCE_HEADERS",
+    source_headers,
+    "headers sent with every upstream request (tokens: never logged)",
+    allowed='a JSON object of header names to string values, e.g. {"Authorization": "Bearer …"}',
+    default="{}",
+    secret=True,
 )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, replace
 
 from sluiceway_common import settings
@@ -28,33 +26,6 @@ SOURCE_URL = Option(
     "upstream URL template; {key} is replaced by the percent-encoded key",
     allowed="an http(s) URL template holding {key} once, e.g. https://api.example.com/users/{key}",
 )
-HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
-def source_headers(text: str) -> dict[str, str]:
-    try:
-        headers = json.loads(text)
-    except ValueError:
-        raise Refused("not JSON") from None
-    if not isinstance(headers, dict):
-        raise Refused("not a JSON object")
-    for name, value in headers.items():
-        if not HEADER_NAME.fullmatch(name):
-            raise Refused("a header name is not an HTTP token")
-        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
-            raise Refused(f"the value of {name} is not a one-line string")
-    return headers
-
-
-SOURCE_HEADERS = Option(
-    "SLUICEWAY_SOURCE_HEADERS",
-    source_headers,
-    "headers sent with every upstream request (tokens: never logged)",
-    allowed='a JSON object of header names to string values, e.g. {"Authorization": "Bearer …"}',
-    default="{}",
-    secret=True,
-)
-
 RATE_LIMIT = replace(
     settings.RATE_LIMIT,
     help="requests per second to the upstream from all of the pipeline's fetchers together, "
@@ -99,7 +70,7 @@ class FetcherSettings(settings.Settings):
     redis_url: str = setting(settings.REDIS_URL)
     pipeline: str = setting(settings.PIPELINE)
     source_url: str = setting(SOURCE_URL)
-    source_headers: dict[str, str] = setting(SOURCE_HEADERS)
+    source_headers: dict[str, str] = setting(settings.SOURCE_HEADERS)
     rate_limit: float = setting(RATE_LIMIT)
     concurrency: int = setting(settings.CONCURRENCY)
     request_timeout: float = setting(settings.REQUEST_TIMEOUT)

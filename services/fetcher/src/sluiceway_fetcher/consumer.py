@@ -28,11 +28,11 @@ import redis.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from sluiceway_common import amqp, codec, logs, store, topology
-from sluiceway_fetcher.limiter import LimiterClosed, SharedLimiter
+from sluiceway_common.limiter import LimiterClosed, SharedLimiter
+from sluiceway_common.ratelimit import MAX_PAUSE, pause_seconds
+from sluiceway_common.retry import delay, retryable
 from sluiceway_fetcher.metrics import Timings
 from sluiceway_fetcher.packer import Packer
-from sluiceway_fetcher.ratelimit import MAX_PAUSE, pause_seconds
-from sluiceway_fetcher.retry import delay, retryable
 from sluiceway_fetcher.source import Failed, Fetched, fetch
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,11 @@ import redis.asyncio as aioredis
 from sluiceway_common import logs, settings, store, topology
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import reach, run_until_signalled
+from sluiceway_common.limiter import SharedLimiter
 from sluiceway_common.service import Service
 from sluiceway_fetcher import metrics
 from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.consumer import Fetcher, release_landed
-from sluiceway_fetcher.limiter import SharedLimiter
 from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.transport import AiohttpTransport
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 
 import httpx
 import orjson
 
 from sluiceway_common.codec import key_url
+from sluiceway_common.retry import pause_asked
 from sluiceway_fetcher.transport import BodyTooLarge
 
 log = logging.getLogger(__name__)
@@ -38,48 +37,14 @@ class Failed:
 Outcome = Fetched | Failed
 
 
-DELAY_SECONDS = re.compile(r"[0-9]+(\.[0-9]+)?")
-# Retry-After is only a request to back off on these: on other statuses it is not about load.
-PAUSING_STATUSES = frozenset({429, 503})
-
-
-def http_date(text: str) -> datetime | None:
-    """An HTTP date (IMF-fixdate, RFC 850 or asctime; always UTC), or None."""
-    try:
-        when = parsedate_to_datetime(text.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header, ``value``: delay-seconds or an HTTP date
-    (counted from ``now``, and 0 when already past); None when absent or not understood."""
-    if value is None:
-        return None
-    text = value.strip()
-    if DELAY_SECONDS.fullmatch(text):
-        return float(text)
-    when = http_date(text)
-    if when is None:
-        return None
-    return max((when - now).total_seconds(), 0.0)
-
-
 def classify(response: httpx.Response, now: datetime | None = None) -> Outcome:
     """The outcome of one response; ``now`` (default: the clock) counts a Retry-After date
     when the response has no ``Date`` of its own."""
     if not response.is_success:
-        pause = None
-        if response.status_code in PAUSING_STATUSES:
-            # The upstream's own Date first: its Retry-After date is on its clock, not ours.
-            date = response.headers.get("Date")
-            reference = (http_date(date) if date else None) or now or datetime.now(UTC)
-            pause = retry_after(response.headers.get("Retry-After"), reference)
         return Failed(
             f"HTTP {response.status_code} {response.reason_phrase}".strip(),
             response.status_code,
-            pause,
+            pause_asked(response.status_code, response.headers, now),
         )
     body = response.content
     try:

@@ -76,3 +76,8 @@ def user(key: str) -> dict[str, Any]:
             "postcode": f"{int.from_bytes(d[13:16], 'big') % 100000:05d}",
         },
     }
+
+
+def listed_key(index: int) -> str:
+    """The key of the ``index``-th user ``GET /users`` lists."""
+    return f"user-{index:06d}"

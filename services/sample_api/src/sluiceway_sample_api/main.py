@@ -57,6 +57,12 @@ OPTIONS = (
         default="0",
     ),
     Option(
+        "SLUICEWAY_SAMPLE_USERS",
+        settings.integer(0, 10_000_000),
+        "users GET /users lists, user-000000 on (the keys answered 404 left out)",
+        default="10000",
+    ),
+    Option(
         "SLUICEWAY_SAMPLE_SEED",
         settings.integer(0, 2**63),
         "seed of the random 503s",
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         error_rate=values["sample_error_rate"],
         latency=values["sample_latency_ms"] / 1000,
         seed=values["sample_seed"],
+        users=values["sample_users"],
     )
 
     async def main(stop: asyncio.Event) -> int:

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from sluiceway_fetcher.ratelimit import AHEAD, MAX_PAUSE, pause_seconds
+from sluiceway_common.ratelimit import AHEAD, MAX_PAUSE, pause_seconds
 from tests.gcra import Gcra
 
 

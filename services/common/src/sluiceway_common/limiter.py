@@ -1,8 +1,9 @@
-"""The pipeline's rate limit, shared by every fetcher process through Redis.
+"""The pipeline's rate limit, shared by every fetcher process through Redis (and by
+``enqueue --http``, whose listing requests go to the same upstream).
 
 Each reservation is one atomic step in Redis: a Lua script (run with EVALSHA) reads the
 pipeline's GCRA state, its limit override and its pause, and reserves slots with the
-arithmetic :mod:`sluiceway_fetcher.ratelimit` describes, on Redis's own clock, so that the
+arithmetic :mod:`sluiceway_common.ratelimit` describes, on Redis's own clock, so that the
 fetchers' clocks never matter. Within a process one reservation is in flight at a time, for
 every request then waiting (see :class:`SharedLimiter`).
 
@@ -22,9 +23,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from sluiceway_common.backoff import Backoff, Delays
+from sluiceway_common.ratelimit import AHEAD, AIM, BURST, SPARE
 from sluiceway_common.settings import RATE_LIMIT
 from sluiceway_common.store import RateKeys
-from sluiceway_fetcher.ratelimit import AHEAD, AIM, BURST, SPARE
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class SharedLimiter:
     """Spaces the requests of every fetcher of ``pipeline`` by the pipeline's rate limit.
 
     :meth:`acquire` returns when the caller's request may start. The process holds at most
-    one *run* of reserved slots (see :mod:`sluiceway_fetcher.ratelimit`); a caller takes the
+    one *run* of reserved slots (see :mod:`sluiceway_common.ratelimit`); a caller takes the
     run's next slot that is not yet past, or else queues. One task at a time (the
     *refiller*) reserves a new run in Redis for every caller then queued, so a process makes
     one Redis call for as many requests as it has waiting, and a caller with a slot in the

@@ -24,7 +24,7 @@ Three rules keep reservations honest:
   gets spare slots, so with a backlog none go to waste.
 
 The arithmetic runs in one place, the Lua script that runs it atomically in Redis on Redis's
-clock (:mod:`sluiceway_fetcher.limiter`). ``tests/gcra.py`` is its reference model in
+clock (:mod:`sluiceway_common.limiter`). ``tests/gcra.py`` is its reference model in
 Python, operation for operation: the unit tests check the properties above on the model, and
 an integration test holds the script to the model's answers on a table of cases.
 """
