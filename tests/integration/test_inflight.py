@@ -223,3 +223,48 @@ async def test_a_feed_run_records_its_outcome_for_the_operator(
     assert runs["nightly"]["ok"] is False
     assert "nope" in runs["nightly"]["error"]
     assert runs["nightly"]["queued"] == 0
+
+
+async def test_an_enqueue_stopped_by_sigterm_gives_back_the_marks_of_keys_not_queued(
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLUICEWAY_DATABASE_URL": database_url,
+        "SLUICEWAY_AMQP_URL": services.amqp,
+        "SLUICEWAY_REDIS_URL": services.redis,
+        "SLUICEWAY_PIPELINE": pipeline,
+    }
+    query = "SELECT 'k' || i FROM generate_series(1, 300000) i"
+    run = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sluiceway_common", "enqueue", "--sql", query,
+        env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    fetch = topology.Queues(pipeline).fetch
+
+    async def under_way() -> bool:
+        try:
+            return await depth(amqp_connection, fetch) >= 20_000
+        except Exception:  # not declared yet
+            return False
+
+    await eventually(under_way, within=60, what="20,000 keys queued")
+    run.terminate()
+    _, stderr = await run.communicate()
+    assert run.returncode == 1, stderr
+    said = re.search(
+        r"stopped by a signal \(SIGTERM or Ctrl-C\) after ([\d,]+) keys", stderr.decode()
+    )
+    assert said, stderr
+    queued = set(await queued_keys(amqp_connection, pipeline))
+    assert int(said[1].replace(",", "")) <= len(queued) < 300_000
+    members = await redis_client.zrange(store.inflight(pipeline), 0, -1)
+    marked = {raw.decode() for raw in members if isinstance(raw, bytes)}
+    assert len(marked) == len(members)
+    # Every key still marked is in the queue: none was left marked without a task.
+    assert marked <= queued
+    assert len(marked) >= int(said[1].replace(",", ""))

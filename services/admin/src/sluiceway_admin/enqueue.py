@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import shlex
+import signal
 import sys
 from collections import deque
 from collections.abc import AsyncIterator
@@ -41,13 +42,20 @@ log = logging.getLogger(__name__)
 
 
 class Interrupted(Exception):
-    """Publishing stopped part way; ``resume_line`` is the first line (or row) not known to
-    be queued."""
+    """Publishing stopped part way, by the broker or by a signal (``by``); ``resume_line``
+    is the first line (or row) not known to be queued."""
 
-    def __init__(self, cause: BaseException, confirmed: int, resume_line: int) -> None:
+    def __init__(
+        self, cause: BaseException, confirmed: int, resume_line: int, by: str = "the broker"
+    ) -> None:
         super().__init__(str(cause) or type(cause).__name__)
         self.confirmed = confirmed
         self.resume_line = resume_line
+        self.by = by
+
+
+# How long a run stopped by a signal waits for the broker to confirm what it sent.
+STOP_DRAIN_SECONDS = 5.0
 
 
 @dataclass
@@ -74,9 +82,10 @@ async def enqueue(
     """Publish a fetch task per key of ``source`` that is not in flight already (every key
     with ``force``), marking each in flight for ``lifetime`` seconds; return the tally.
 
-    On a broker failure raise ``Interrupted``, saying from which line a rerun loses nothing,
-    after releasing the marks of the keys not confirmed. A source that fails part way raises
-    its own error once what it gave before is confirmed.
+    On a broker failure, or when SIGTERM (or Ctrl-C) stops it, raise ``Interrupted``, saying
+    from which line a rerun loses nothing, after releasing the marks of the keys not
+    confirmed: a feed's pod stopped part way leaves no key marked that was not queued. A
+    source that fails part way raises its own error once what it gave before is confirmed.
     """
     tally = tally or Tally()
     queues = topology.Queues(pipeline)
@@ -101,6 +110,17 @@ async def enqueue(
             unconfirmed.popleft()
         return unconfirmed[0][0] if unconfirmed else next_line
 
+    # SIGTERM (a pod stopped) cancels the run as Ctrl-C does, so that it gives its marks back.
+    # The flag catches a cancellation that a library swallowed while it waited.
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        stopping.set()
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
     try:
         channel = await amqp.publishing_channel(connection)
         await topology.declare(channel, queues)
@@ -108,18 +128,21 @@ async def enqueue(
         try:
             try:
                 async for chunk in source:
+                    if stopping.is_set():
+                        raise asyncio.CancelledError
                     lines: dict[str, int] = {}  # each key's first line in the chunk
                     for number, key in chunk:
                         lines.setdefault(key, number)
                     pending.extend(await inflight.claim(list(lines), lifetime, force))
                     tally.in_flight += len(chunk) - len(pending)
                     while pending:
-                        key = pending[0]
-                        await publisher.publish(codec.encode_task(key))
-                        pending.popleft()
+                        # Counted as published before publish() buffers it, so that a stop
+                        # anywhere in there counts it as sent and not confirmed.
+                        key = pending.popleft()
                         unconfirmed.append((lines[key], key))
                         published += 1
                         next_line = lines[key] + 1
+                        await publisher.publish(codec.encode_task(key))
                         tally.queued = publisher.confirmed
                         show.update(tally.queued)
                     next_line = chunk[-1][0] + 1  # keys in flight after the last published
@@ -133,15 +156,26 @@ async def enqueue(
                 tally.queued = publisher.confirmed
             await publisher.drain()
             tally.queued = publisher.confirmed
-        except amqp.BROKER_ERRORS as exc:
-            line = resume_line()
-            tally.queued = publisher.confirmed
+        except (*amqp.BROKER_ERRORS, asyncio.CancelledError) as exc:
+            signalled = isinstance(exc, asyncio.CancelledError)
+            if signalled:
+                # What is sent may still be confirmed: wait a little for it, so that fewer
+                # keys are given back that were queued after all.
+                with contextlib.suppress(*amqp.BROKER_ERRORS, TimeoutError):
+                    async with asyncio.timeout(STOP_DRAIN_SECONDS):
+                        await publisher.drain()
+            line, confirmed = resume_line(), publisher.confirmed
+            tally.queued = confirmed
             await release(inflight, [*pending, *(key for _, key in unconfirmed)])
-            raise Interrupted(exc, publisher.confirmed, line) from exc
+            if signalled:
+                cause = RuntimeError("SIGTERM or Ctrl-C")
+                raise Interrupted(cause, confirmed, line, by="a signal") from None
+            raise Interrupted(exc, confirmed, line) from exc
         finally:
             show.update(tally.queued, final=True)
         return tally
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         await connection.close()
         await client.aclose()
 
@@ -380,7 +414,7 @@ def read(
         except StartupError as exc:
             return str(exc)
         except Interrupted as exc:
-            return (f"stopped by the broker ({exc}) after {exc.confirmed:,} keys were "
+            return (f"stopped by {exc.by} ({exc}) after {exc.confirmed:,} keys were "
                     f"confirmed; {resume_hint(kind, args.file, exc.resume_line)}  (keys queued "
                     "twice are fetched twice and stored once)")  # fmt: skip
     return None
@@ -406,7 +440,7 @@ async def record_run(redis_url: str, pipeline: str, feed: str, run: dict[str, An
 def resume_hint(kind: str, file: str | None, line: int) -> str:
     """How to go on after a broker failure without losing a key."""
     if kind != "file":
-        return "run it again to queue the rest"
+        return "run it again to queue the rest (the keys queued are in flight, so it skips them)"
     source = "-" if file == "-" else shlex.quote(str(file))
     return (f"every key before line {line:,} is queued. Resume with: tail -n +{line} {source} "
             "| sluiceway enqueue -")  # fmt: skip
