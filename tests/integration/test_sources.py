@@ -19,7 +19,14 @@ from sluiceway_common import codec, store, topology
 from sluiceway_sample_api.data import is_missing, listed_key
 from sluiceway_sample_api.server import Behaviour, make_app
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, drain, eventually, http_server
+from tests.integration.helpers import (
+    depth,
+    drain,
+    eventually,
+    http_server,
+    running_fetcher,
+    running_writer,
+)
 from tests.integration.test_admin import sluiceway
 
 pytestmark = pytest.mark.integration
@@ -123,6 +130,53 @@ async def test_stale_queues_the_oldest_rows_first_up_to_the_limit(
         assert await queued(amqp_connection, pipeline) == ["month"]
     finally:
         await db.execute("DELETE FROM records WHERE pipeline = $1", other)
+
+
+async def test_a_stale_refresh_fetches_exactly_the_stale_keys_again_and_their_rows_advance(
+    services: ServiceUrls, database_url: str, pipeline: str, db: Any,
+    amqp_connection: AbstractConnection,
+) -> None:  # fmt: skip
+    ages = {"fresh": "1 hour", "yesterday": "30 hours", "last-week": "8 days"}
+    for key, age in ages.items():
+        await db.execute(
+            "INSERT INTO records (pipeline, key, payload, fetched_at) "
+            "VALUES ($1, $2, '{\"old\": true}', now() - $3::text::interval)",
+            pipeline, key, age,
+        )  # fmt: skip
+    before = dict(await db.fetch(
+        "SELECT key, fetched_at FROM records WHERE pipeline = $1", pipeline))  # fmt: skip
+    asked: list[str] = []
+
+    async def user(request: web.Request) -> web.Response:
+        asked.append(request.match_info["key"])
+        return web.json_response({"id": request.match_info["key"], "old": False})
+
+    app = web.Application()
+    app.router.add_get("/users/{key}", user)
+    async with (
+        http_server(app) as base,
+        running_fetcher(services.amqp, services.redis, pipeline, base + "/users/{key}"),
+        running_writer(database_url, services.amqp, pipeline, batch_size=10, batch_timeout=0.05),
+    ):
+        result = sluiceway(services, database_url, pipeline, "enqueue", "--stale", "24h")
+        assert result.returncode == 0, result.stderr
+
+        async def refreshed() -> bool:
+            rows = await db.fetch(
+                "SELECT key FROM records WHERE pipeline = $1 AND payload->>'old' = 'false'",
+                pipeline,
+            )
+            return {row["key"] for row in rows} == {"yesterday", "last-week"}
+
+        await eventually(refreshed, what="the two stale rows written again")
+    assert sorted(asked) == ["last-week", "yesterday"]  # the fresh key was not fetched
+    after = dict(await db.fetch(
+        "SELECT key, fetched_at FROM records WHERE pipeline = $1", pipeline))  # fmt: skip
+    assert after["fresh"] == before["fresh"]
+    for key in ("yesterday", "last-week"):
+        assert after[key] > before["fresh"] > before[key]
+    again = sluiceway(services, database_url, pipeline, "enqueue", "--stale", "24h", "--dry-run")
+    assert "0 keys would be queued" in again.stdout  # nothing is stale any more
 
 
 async def test_dry_run_counts_and_shows_and_queues_nothing(
