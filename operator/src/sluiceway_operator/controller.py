@@ -4,14 +4,14 @@ Every ``pollIntervalSeconds`` (or at once when the Pipeline changes) :meth:`Cont
 brings the cluster to what the Pipeline asks for and returns its new ``status``:
 
 1. the ConfigMap and the fetcher Deployment, applied;
-2. the writer Deployment, running the image last migrated (``status.writerImage``, see
+2. each feed's CronJob applied, those of feeds gone deleted, and ``status.feeds`` read back
+   from the CronJobs and the runs' records in Redis (see :mod:`sluiceway_operator.feeds`);
+3. the writer Deployment, running the image last migrated (``status.writerImage``, see
    :mod:`sluiceway_operator.migration`; none yet: 0 writers), its replicas from the records
    queue's depth (see ``scaling``), unless the Pipeline is paused or the depth cannot be read
    (then they stay as they are);
-3. a new ``source.rateLimit`` written to Redis, which every running fetcher reads before its
+4. a new ``source.rateLimit`` written to Redis, which every running fetcher reads before its
    next request;
-4. each feed's CronJob applied, those of feeds gone deleted, and ``status.feeds`` read back
-   from the CronJobs and the runs' records in Redis (see :mod:`sluiceway_operator.feeds`);
 5. the phase, message and conditions, the migration's included.
 """
 
@@ -148,12 +148,13 @@ class Controller:
             if migration.get("state") == "Failed":
                 report.problems.append(f"migration failed: {migration.get('reason', '')}")
         connections = await self._connections(spec, report)
+        feed_status = await self._feeds(spec, list(status.get("feeds") or []), connections,
+                                        report, adopt)  # fmt: skip
         new = await self._writers(spec, annotations, status.get("writerImage"), connections,
                                   report, adopt)  # fmt: skip
         if connections is not None and status.get("rateLimit") != spec.rate_limit:
             new.update(await self._rate_limit(spec, report))
-        new["feeds"] = await self._feeds(spec, list(status.get("feeds") or []),
-                                         connections, report, adopt)  # fmt: skip
+        new["feeds"] = feed_status
         return {**new, **phase(migration, report.problems), "conditions": report.conditions}
 
     async def _children(self, spec: PipelineSpec, adopt: Adopt) -> None:

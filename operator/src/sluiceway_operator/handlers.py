@@ -226,9 +226,9 @@ async def deleted(name: str, namespace: str | None, uid: str, spec: kopf.Spec, m
         return
     client = aioredis.Redis.from_url(connections.redis_url)
     try:
-        await store.RateKeys(client, pipeline_spec.pipeline).clear_override()
         runs = store.FeedRuns(client, pipeline_spec.pipeline)
         await runs.forget(await runs.read())
+        await store.RateKeys(client, pipeline_spec.pipeline).clear_override()
     except (redis.exceptions.RedisError, OSError) as exc:
         logger.warning("could not remove the rate-limit override and the feeds' runs from "
                        "Redis: %s", exc)  # fmt: skip
