@@ -124,6 +124,9 @@ NAMESPACED = {
     ("sluiceway.io", "pipelines/status"): {"patch"},
     ("apps", "deployments"): {"get", "create", "patch", "delete"},
     ("batch", "jobs"): {"get", "list", "create", "delete"},
+    # The feeds': applied (create and patch), listed by the Pipeline's label (their state and
+    # strays), deleted; never read one by one.
+    ("batch", "cronjobs"): {"list", "create", "patch", "delete"},
     ("", "configmaps"): {"create", "patch", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},

@@ -4,13 +4,15 @@ Every ``pollIntervalSeconds`` (or at once when the Pipeline changes) :meth:`Cont
 brings the cluster to what the Pipeline asks for and returns its new ``status``:
 
 1. the ConfigMap and the fetcher Deployment, applied;
-2. the writer Deployment, running the image last migrated (``status.writerImage``, see
+2. each feed's CronJob applied, those of feeds gone deleted, and ``status.feeds`` read back
+   from the CronJobs and the runs' records in Redis (see :mod:`sluiceway_operator.feeds`);
+3. the writer Deployment, running the image last migrated (``status.writerImage``, see
    :mod:`sluiceway_operator.migration`; none yet: 0 writers), its replicas from the records
    queue's depth (see ``scaling``), unless the Pipeline is paused or the depth cannot be read
    (then they stay as they are);
-3. a new ``source.rateLimit`` written to Redis, which every running fetcher reads before its
+4. a new ``source.rateLimit`` written to Redis, which every running fetcher reads before its
    next request;
-4. the phase, message and conditions, the migration's included.
+5. the phase, message and conditions, the migration's included.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import redis.exceptions
 
 from sluiceway_common import settings, store, topology
 from sluiceway_common.settings import mask
-from sluiceway_operator import manifests, scaling
+from sluiceway_operator import feeds, manifests, scaling
 from sluiceway_operator.broker import BrokerUnreachable, DepthReader
 from sluiceway_operator.kube import Kube
 from sluiceway_operator.migration import Event, timestamp
@@ -146,10 +148,13 @@ class Controller:
             if migration.get("state") == "Failed":
                 report.problems.append(f"migration failed: {migration.get('reason', '')}")
         connections = await self._connections(spec, report)
+        feed_status = await self._feeds(spec, list(status.get("feeds") or []), connections,
+                                        report, adopt)  # fmt: skip
         new = await self._writers(spec, annotations, status.get("writerImage"), connections,
                                   report, adopt)  # fmt: skip
         if connections is not None and status.get("rateLimit") != spec.rate_limit:
             new.update(await self._rate_limit(spec, report))
+        new["feeds"] = feed_status
         return {**new, **phase(migration, report.problems), "conditions": report.conditions}
 
     async def _children(self, spec: PipelineSpec, adopt: Adopt) -> None:
@@ -226,6 +231,23 @@ class Controller:
             return current, reading
         report.set(True, "Scaling", "Active", "")
         return recommended, reading
+
+    async def _feeds(self, spec: PipelineSpec, before: list[dict[str, Any]],
+                     connections: Connections | None, report: Report, adopt: Adopt
+                     ) -> list[dict[str, Any]]:  # fmt: skip
+        """The feeds' CronJobs in shape; ``status.feeds``, and an Event per failed run."""
+        outcome = await feeds.step(self.kube, self.redis if connections else None, spec,
+                                   before, adopt)  # fmt: skip
+        for event in outcome.events:
+            self.post(event)
+        if spec.feeds and connections is not None:
+            # The runs' outcomes only: the CronJobs themselves run whatever Redis does.
+            report.set(outcome.runs_problem is None, "FeedRunsRead",
+                       "RedisUnreachable" if outcome.runs_problem else "Read",
+                       outcome.runs_problem or "")  # fmt: skip
+        elif not spec.feeds:
+            report.conditions = [c for c in report.conditions if c.get("type") != "FeedRunsRead"]
+        return outcome.status
 
     async def _rate_limit(self, spec: PipelineSpec, report: Report) -> dict[str, Any]:
         """The new rate limit, to Redis for the running fetchers."""

@@ -24,6 +24,39 @@ PIPELINE_NAME_PATTERN = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 # A Kubernetes object name used inside ours (a Secret, an image pull secret).
 OBJECT_NAME_PATTERN = "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 
+# A CronJob's name is at most 52 characters (its Jobs add 11). ``<name>-feed-<feed>`` fits:
+# a long resource name is cut to one character and an 8-character digest at worst (see
+# manifests.child_name), which leaves a feed 52 - 1 - 8 - 2 - len("feed-") characters.
+CRONJOB_NAME_MAX = 52
+FEED_NAME_MAX = CRONJOB_NAME_MAX - 1 - 8 - 2 - len("feed-")
+FEED_NAME_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+CONFIG_MAP_KEY_PATTERN = "^[-._a-zA-Z0-9]+$"
+# ``enqueue --stale AGE``: a number above 0 and a unit (sluiceway_admin.sources.AGE).
+AGE_PATTERN = "^([0-9]*[1-9][0-9]*(\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)[smhd]$"
+# A JSON pointer (RFC 6901): empty, or /-separated tokens with ~ written ~0 and / as ~1.
+POINTER_PATTERN = "^(/([^~]|~[01])*)?$"
+
+
+def _cron_field(number: str, names: tuple[str, ...] = (), any_day: bool = False) -> str:
+    value = "|".join((number, *names, *(name.lower() for name in names)))
+    item = f"(\\*{'|[?]' if any_day else ''}|({value})(-({value}))?)(/[1-9][0-9]*)?"
+    return f"{item}(,{item})*"
+
+
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+WEEKDAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# Five fields, as a CronJob's schedule takes them (minute hour day-of-month month weekday),
+# each value within its field's range; or one of the macros. No time zone prefix (a
+# CronJob refuses TZ= in its schedule).
+CRON_PATTERN = "^(({})|{})$".format("|".join(CRON_MACROS), " +".join((
+    _cron_field("[0-5]?[0-9]"),
+    _cron_field("[01]?[0-9]|2[0-3]"),
+    _cron_field("0?[1-9]|[12][0-9]|3[01]", any_day=True),
+    _cron_field("0?[1-9]|1[0-2]", MONTHS),
+    _cron_field("[0-6]", WEEKDAYS, any_day=True),
+)))  # fmt: skip
+
 QUANTITY: dict[str, Any] = {"x-kubernetes-int-or-string": True, "anyOf": [
     {"type": "integer"}, {"type": "string"}]}  # fmt: skip
 
@@ -82,6 +115,55 @@ RESOURCES = _obj({
     "requests": {"type": "object", "additionalProperties": QUANTITY},
 }, description="the container's resource requests and limits", default={})  # fmt: skip
 
+FEED_SOURCES = ("sql", "stale", "http", "keys")
+FEED = _obj({
+    "name": _str(f"the feed's name, unique in the Pipeline: its CronJob is "
+                 f"<name>-feed-<feed> (a-z 0-9 -, at most {FEED_NAME_MAX})",
+                 pattern=FEED_NAME_PATTERN, maxLength=FEED_NAME_MAX),
+    "schedule": _str("when it runs, as a CronJob's schedule (5 fields, or @hourly, @daily, "
+                     "...; UTC unless the cluster says otherwise); none: only when asked, "
+                     "with kubectl create job --from=cronjob/<name>-feed-<feed>",
+                     pattern=CRON_PATTERN, maxLength=256),
+    "suspend": {"type": "boolean", "default": False,
+                "description": "no scheduled runs until false again"},
+    "sql": _obj({
+        "query": _str("each row's first column is a key (enqueue --sql)", minLength=1,
+                      maxLength=65_536),
+        "connectionsSecretKey": _str(
+            "the key of the connections Secret holding the URL of the database the query "
+            "runs on (default: DATABASE_URL)", pattern=CONFIG_MAP_KEY_PATTERN, maxLength=253),
+    }, required=("query",), description="keys from a SQL query"),
+    "stale": _obj({
+        "age": _str("keys whose row was fetched longer ago than this: 90s, 30m, 24h, 7d",
+                    pattern=AGE_PATTERN, maxLength=32),
+        "limit": _int("the stalest this many only", 1, 2**53, None),
+    }, required=("age",), description="the pipeline's stale keys (enqueue --stale)"),
+    "http": _obj({
+        "url": _str("the listing endpoint", pattern="^https?://", maxLength=2048),
+        "items": _str("JSON pointer of a page's array of items (default: the page)",
+                      pattern=POINTER_PATTERN, maxLength=1024),
+        "key": _str("JSON pointer of the key in an item (default: the item)",
+                    pattern=POINTER_PATTERN, maxLength=1024),
+        "next": _str("JSON pointer of the next page's URL, or cursor (default: the Link "
+                     "header)", pattern=POINTER_PATTERN, maxLength=1024),
+        "cursorParam": _str("the value at next is a cursor, sent as this query parameter",
+                            minLength=1, maxLength=256),
+    }, required=("url",), description="the upstream's listing, page after page "
+       "(enqueue --http), with the pipeline's headers, rate limit and retries",
+       extra={"x-kubernetes-validations": [{
+           "rule": "!has(self.cursorParam) || has(self.next)",
+           "message": "http.cursorParam needs http.next: the cursor is the value there"}]}),
+    "keys": _obj({
+        "configMap": _str("the ConfigMap", pattern=OBJECT_NAME_PATTERN, maxLength=253),
+        "key": _str("its key holding the keys, one a line", pattern=CONFIG_MAP_KEY_PATTERN,
+                    maxLength=253),
+    }, required=("configMap", "key"), description="keys from a ConfigMap, one a line"),
+}, required=("name",), description="a source of keys, enqueued by a CronJob",
+   extra={"x-kubernetes-validations": [{
+       "rule": "[{}].filter(x, x).size() == 1".format(
+           ", ".join(f"has(self.{source})" for source in FEED_SOURCES)),
+       "message": "a feed has exactly one source: sql, stale, http or keys"}]})  # fmt: skip
+
 SPEC = _obj({
     "pipeline": _str(
         "the name the pipeline's queues, Redis keys and rows go by (default: this "
@@ -90,7 +172,8 @@ SPEC = _obj({
     "image": _obj({
         "repository": _str("image repository prefix: the fetcher runs "
                            "<repository>-fetcher, the writer and the migration Job "
-                           "<repository>-writer", minLength=1, maxLength=512),
+                           "<repository>-writer, feeds <repository>-admin",
+                           minLength=1, maxLength=512),
         "tag": _str("image tag for every component", minLength=1, maxLength=128),
         "pullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"],
                        "default": "IfNotPresent", "description": "image pull policy"},
@@ -144,6 +227,14 @@ SPEC = _obj({
             "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || "
                     "self.minReplicas <= self.maxReplicas",
             "message": "writer.minReplicas must not exceed writer.maxReplicas"}]}),
+    "admin": _obj({
+        "image": _image("the image feeds run `sluiceway enqueue` from, instead of "
+                        "<spec.image.repository>-admin"),
+        "resources": RESOURCES,
+    }, default={}, description="the feeds' Jobs"),
+    "feeds": {"type": "array", "maxItems": 64, "items": FEED,
+              "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+              "description": "sources of keys, each enqueued by a CronJob on its schedule"},
     "pollIntervalSeconds": _int("how often the records queue's depth is read", 1, 3600, 10),
 }, required=("image", "connectionsSecret", "source"))  # fmt: skip
 
@@ -176,6 +267,25 @@ STATUS = _obj({
     }),
     "lastScaleTime": {"type": "string", "format": "date-time"},
     "rateLimit": {"type": "number"},
+    "feeds": {"type": "array", "x-kubernetes-list-type": "map",
+              "x-kubernetes-list-map-keys": ["name"], "items": _obj({
+        "name": {"type": "string"},
+        "schedule": {"type": "string"},
+        "suspended": {"type": "boolean"},
+        "lastScheduleTime": {"type": "string", "format": "date-time"},
+        "lastSuccessfulTime": {"type": "string", "format": "date-time"},
+        "lastRun": _obj({
+            "started": {"type": "string"},
+            "finished": {"type": "string"},
+            "ok": {"type": "boolean"},
+            "queued": {"type": "integer"},
+            "inFlight": {"type": "integer"},
+            "skipped": {"type": "integer"},
+            "error": {"type": "string"},
+        }),
+        # The last failure a Warning Event told of (a run's finish, a Job's failure time).
+        "lastFailureReported": {"type": "string"},
+    }, required=("name",))},
     "conditions": {"type": "array", "items": CONDITION,
                    "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
 }, extra={"x-kubernetes-preserve-unknown-fields": True})  # fmt: skip

@@ -7,8 +7,8 @@ rate limit, phase and conditions) and ``migrate`` (the migration gate, ``status.
 and ``status.writerImage``). Each leaves its part of the status on kopf's ``patch``, which
 kopf applies as the timer returns; a failed migration is run again by kopf, after the delay
 its ``kopf.TemporaryError`` names. Deleting a Pipeline deletes its children (owner references
-would too, but not before the garbage collector gets to them) and the rate-limit override it
-wrote to Redis.
+would too, but not before the garbage collector gets to them), the rate-limit override it
+wrote to Redis and its feeds' run records.
 
 Per Pipeline, kopf's memo keeps a :class:`Kept`; the operator-wide memo keeps the
 Kubernetes client (``kube``), the metrics (``metrics``, when ``sluiceway operator`` passes
@@ -216,6 +216,9 @@ async def deleted(name: str, namespace: str | None, uid: str, spec: kopf.Spec, m
     selector = {"sluiceway.io/pipeline": name, "app.kubernetes.io/component": "migration"}
     for job in await kube.list("Job", namespace, selector):
         await kube.delete("Job", namespace, job["metadata"]["name"])
+    # The feeds' CronJobs, with their Jobs and pods.
+    for cronjob in await kube.list("CronJob", namespace, manifests.feed_selector(pipeline_spec)):
+        await kube.delete("CronJob", namespace, cronjob["metadata"]["name"])
     # The override the operator wrote; best effort, a stale one is harmless until reused.
     try:
         connections = await read_connections(kube, pipeline_spec)
@@ -223,8 +226,11 @@ async def deleted(name: str, namespace: str | None, uid: str, spec: kopf.Spec, m
         return
     client = aioredis.Redis.from_url(connections.redis_url)
     try:
+        runs = store.FeedRuns(client, pipeline_spec.pipeline)
+        await runs.forget(await runs.read())
         await store.RateKeys(client, pipeline_spec.pipeline).clear_override()
     except (redis.exceptions.RedisError, OSError) as exc:
-        logger.warning("could not remove the rate-limit override from Redis: %s", exc)
+        logger.warning("could not remove the rate-limit override and the feeds' runs from "
+                       "Redis: %s", exc)  # fmt: skip
     finally:
         await client.aclose()

@@ -1,10 +1,10 @@
 """The operator's client for the objects it keeps: its children and the connections Secret.
 
 kopf watches Pipelines, patches their status and posts Events with its own client; the
-ConfigMaps, Deployments and Jobs of a Pipeline, and its connections Secret, go through this
-one. Children are *applied* server-side (``PATCH`` as ``application/apply-patch+yaml``) under
-the field manager ``sluiceway-operator``, forced: the operator owns every field it sets, and
-takes one back from any other manager that changed it.
+ConfigMaps, Deployments, Jobs and CronJobs of a Pipeline, and its connections Secret, go
+through this one. Children are *applied* server-side (``PATCH`` as
+``application/apply-patch+yaml``) under the field manager ``sluiceway-operator``, forced: the
+operator owns every field it sets, and takes one back from any other manager that changed it.
 
 It logs in as kopf does, with the pod's service account, else kubeconfig. lightkube reads the
 service-account token once, so a 401 (the kubelet rotated the token under the running pod)
@@ -21,17 +21,18 @@ from typing import Any, TypeVar
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.core.client import LabelSelector
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.batch_v1 import Job
+from lightkube.resources.batch_v1 import CronJob, Job
 from lightkube.resources.core_v1 import ConfigMap, Secret
 from lightkube.types import CascadeType, PatchType
 
 FIELD_MANAGER = "sluiceway-operator"
 # The kinds the operator reads or writes, by ``kind``.
-KINDS: dict[str, type[ConfigMap | Secret | Deployment | Job]] = {
+KINDS: dict[str, type[ConfigMap | Secret | Deployment | Job | CronJob]] = {
     "ConfigMap": ConfigMap,
     "Secret": Secret,
     "Deployment": Deployment,
     "Job": Job,
+    "CronJob": CronJob,
 }
 
 T = TypeVar("T")

@@ -4,7 +4,9 @@ For a Pipeline ``p``: the ConfigMap ``p-config`` (the rate limit new fetcher pod
 with; a change reaches running fetchers through Redis, without a restart), the fetcher
 Deployment ``p-fetcher``, the writer Deployment ``p-writer`` (its replica count is the
 operator's) and one migration Job ``p-migrate-<digest of the writer image>`` for each writer
-image. Each gets the Pipeline as its owner when it is adopted (see ``handlers``).
+image; and for each of ``spec.feeds`` a CronJob ``p-feed-<feed>`` that runs ``sluiceway
+enqueue`` from the admin image. Each gets the Pipeline as its owner when it is adopted (see
+``handlers``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import math
 from typing import Any
 
 from sluiceway_common.settings import plain
-from sluiceway_operator.spec import Image, PipelineSpec, Resources
+from sluiceway_operator import crd
+from sluiceway_operator.spec import Feed, Http, Image, Keys, PipelineSpec, Resources, Sql, Stale
 
 # The labels Kubernetes limits names in (a Job's name becomes its pods' job-name label).
 NAME_MAX = 63
@@ -27,15 +30,28 @@ TMP_VOLUME = "tmp"
 FLUSH_MARGIN_SECONDS = 30
 # Where fetchers and writers serve /metrics, /healthz and /readyz (SLUICEWAY_METRICS_PORT).
 METRICS_PORT = 9090
+FEED_LABEL = "sluiceway.io/feed"
+# Where a keys feed's ConfigMap key is mounted, as one file.
+KEYS_DIR = "/var/run/sluiceway/feed"
+KEYS_VOLUME = "keys"
+# A feed run's Job: one retry (a rerun skips the keys the first run queued: they are in
+# flight), at most 6 hours, started at most 5 minutes late (else it waits for the next time).
+FEED_BACKOFF_LIMIT = 1
+FEED_DEADLINE_SECONDS = 21_600
+FEED_STARTING_DEADLINE_SECONDS = 300
+# A CronJob needs a schedule even while suspended: a feed without one is suspended for good
+# and run by hand; this one only names a time.
+MANUAL_SCHEDULE = "0 0 1 1 *"
 
 
-def child_name(name: str, suffix: str) -> str:
-    """``name-suffix``, shortened with a digest of ``name`` when it would pass 63 chars."""
+def child_name(name: str, suffix: str, limit: int = NAME_MAX) -> str:
+    """``name-suffix``, shortened with a digest of ``name`` when it would pass ``limit``
+    chars."""
     full = f"{name}-{suffix}"
-    if len(full) <= NAME_MAX:
+    if len(full) <= limit:
         return full
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    keep = NAME_MAX - len(suffix) - len(digest) - 2
+    keep = limit - len(suffix) - len(digest) - 2
     return f"{name[:keep].rstrip('-')}-{digest}-{suffix}"
 
 
@@ -55,6 +71,15 @@ def migration_name(spec: PipelineSpec) -> str:
     """One Job per writer image: a new image (a new schema revision) runs a new Job."""
     digest = hashlib.sha256(spec.writer.image.ref.encode()).hexdigest()[:10]
     return child_name(spec.name, f"migrate-{digest}")
+
+
+def feed_cronjob_name(spec: PipelineSpec, feed: str) -> str:
+    return child_name(spec.name, f"feed-{feed}", crd.CRONJOB_NAME_MAX)
+
+
+def feed_selector(spec: PipelineSpec) -> dict[str, str]:
+    """The labels every CronJob of the Pipeline's feeds, and every Job they run, carry."""
+    return {"sluiceway.io/pipeline": spec.name, "app.kubernetes.io/component": "feed"}
 
 
 def labels(spec: PipelineSpec, component: str) -> dict[str, str]:
@@ -120,13 +145,14 @@ def _served(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pod(spec: PipelineSpec, component: str, container: dict[str, Any], *,
-         restart: str = "Always", grace: int | None = None) -> dict[str, Any]:  # fmt: skip
+         restart: str = "Always", grace: int | None = None,
+         volumes: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:  # fmt: skip
     pod: dict[str, Any] = {
         "restartPolicy": restart,
         "enableServiceLinks": False,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
-        "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}}, *volumes],
     }
     if spec.pull_secrets:
         pod["imagePullSecrets"] = [{"name": name} for name in spec.pull_secrets]
@@ -220,5 +246,88 @@ def migration_job(spec: PipelineSpec) -> dict[str, Any]:
             # Its result is kept in the Pipeline's status; the Job can go a day later.
             "ttlSecondsAfterFinished": 86_400,
             "template": _pod(spec, "migration", container, restart="Never"),
+        },
+    }  # fmt: skip
+
+
+Volumes = tuple[dict[str, Any], ...]
+
+
+def _feed_source(spec: PipelineSpec, feed: Feed
+                 ) -> tuple[list[str], list[dict[str, Any]], Volumes]:  # fmt: skip
+    """The enqueue arguments of ``feed``'s source, the environment it reads besides, and the
+    volume it mounts. Values go as ``--flag=value``: one argument each, whatever they hold
+    (a query may start with ``-``), and never through a shell."""
+    source = feed.source
+    if isinstance(source, Sql):
+        env = ([{"name": "SLUICEWAY_SQL_URL", "valueFrom": {"secretKeyRef": {
+                   "name": spec.connections_secret, "key": source.secret_key}}}]
+               if source.secret_key else _connections(spec, "DATABASE_URL"))  # fmt: skip
+        return [f"--sql={source.query}"], env, ()
+    if isinstance(source, Stale):
+        limit = [] if source.limit is None else [f"--limit={source.limit}"]
+        return [f"--stale={source.age}", *limit], _connections(spec, "DATABASE_URL"), ()
+    if isinstance(source, Http):
+        flags = (("--items", source.items), ("--key", source.key), ("--next", source.next),
+                 ("--cursor-param", source.cursor_param))  # fmt: skip
+        args = [f"--http={source.url}",
+                *(f"{flag}={value}" for flag, value in flags if value is not None)]  # fmt: skip
+        # The fetchers' own headers, limit, attempts and timeout: a listing's requests are
+        # the same upstream's, on the same shared limit.
+        env = [
+            *_env(MAX_ATTEMPTS=spec.fetcher.max_attempts,
+                  REQUEST_TIMEOUT=plain(spec.fetcher.request_timeout)),
+            {"name": "SLUICEWAY_RATE_LIMIT", "valueFrom": {"configMapKeyRef": {
+                "name": config_name(spec), "key": "SLUICEWAY_RATE_LIMIT"}}},
+        ]  # fmt: skip
+        if spec.headers_secret:
+            env.append({"name": "SLUICEWAY_SOURCE_HEADERS", "valueFrom": {
+                "secretKeyRef": {"name": spec.headers_secret, "key": "HEADERS"}}})  # fmt: skip
+        return args, env, ()
+    assert isinstance(source, Keys)
+    volume = {"name": KEYS_VOLUME, "configMap": {
+        "name": source.config_map, "items": [{"key": source.key, "path": "keys"}]}}  # fmt: skip
+    return [f"{KEYS_DIR}/keys"], [], (volume,)
+
+
+def feed_cronjob(spec: PipelineSpec, feed: Feed) -> dict[str, Any]:
+    """``sluiceway enqueue`` of ``feed``'s source on its schedule, one run at a time; the run
+    records its outcome in Redis under the feed's name (``SLUICEWAY_FEED``)."""
+    args, source_env, volumes = _feed_source(spec, feed)
+    env = [
+        *_connections(spec, "AMQP_URL", "REDIS_URL"),
+        *_env(PIPELINE=spec.pipeline, FEED=feed.name),
+        *source_env,
+    ]
+    container = _container(spec, "enqueue", spec.admin.image, ["enqueue", *args], env,
+                           spec.admin.resources)  # fmt: skip
+    if volumes:
+        container["volumeMounts"].append(
+            {"name": KEYS_VOLUME, "mountPath": KEYS_DIR, "readOnly": True}
+        )
+    pod = _pod(spec, "feed", container, restart="Never", volumes=volumes)
+    feed_labels = {**labels(spec, "feed"), FEED_LABEL: feed.name}
+    pod["metadata"]["labels"] = feed_labels
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": feed_cronjob_name(spec, feed.name), "namespace": spec.namespace,
+                     "labels": feed_labels},
+        "spec": {
+            "schedule": feed.schedule or MANUAL_SCHEDULE,
+            "suspend": feed.suspend or feed.schedule is None,
+            # A run still going when the next is due: the next is skipped, not doubled.
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": FEED_STARTING_DEADLINE_SECONDS,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": feed_labels},
+                "spec": {
+                    "backoffLimit": FEED_BACKOFF_LIMIT,
+                    "activeDeadlineSeconds": FEED_DEADLINE_SECONDS,
+                    "template": pod,
+                },
+            },
         },
     }  # fmt: skip

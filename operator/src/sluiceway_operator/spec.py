@@ -62,6 +62,53 @@ class Writer:
 
 
 @dataclass(frozen=True)
+class Sql:
+    query: str
+    secret_key: str | None  # of the connections Secret; None: DATABASE_URL
+
+
+@dataclass(frozen=True)
+class Stale:
+    age: str
+    limit: int | None
+
+
+@dataclass(frozen=True)
+class Http:
+    url: str
+    items: str | None
+    key: str | None
+    next: str | None
+    cursor_param: str | None
+
+
+@dataclass(frozen=True)
+class Keys:
+    config_map: str
+    key: str
+
+
+Source = Sql | Stale | Http | Keys
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A source of keys that a CronJob enqueues (``sluiceway enqueue --feed NAME``) on its
+    schedule; without one, only when asked."""
+
+    name: str
+    schedule: str | None
+    suspend: bool
+    source: Source
+
+
+@dataclass(frozen=True)
+class Admin:
+    image: Image
+    resources: Resources
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str  # the resource's name
     namespace: str
@@ -74,6 +121,8 @@ class PipelineSpec:
     pull_secrets: tuple[str, ...]
     fetcher: Fetcher
     writer: Writer
+    admin: Admin
+    feeds: tuple[Feed, ...]
     poll_interval: float
 
 
@@ -93,7 +142,7 @@ def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
     spec = crd.with_defaults(crd.SPEC, spec)
     try:
         image, source = spec["image"], spec["source"]
-        fetcher, writer = spec["fetcher"], spec["writer"]
+        fetcher, writer, admin = spec["fetcher"], spec["writer"], spec["admin"]
         parsed = PipelineSpec(
             name=name,
             namespace=namespace,
@@ -123,8 +172,14 @@ def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
                 stabilization=float(writer["scaleDownStabilizationSeconds"]),
                 resources=_resources(writer.get("resources")),
             ),
+            admin=Admin(
+                _image(admin.get("image"), image, "admin"), _resources(admin.get("resources"))
+            ),
+            feeds=tuple(_feed(index, raw) for index, raw in enumerate(spec.get("feeds") or [])),
             poll_interval=float(spec["pollIntervalSeconds"]),
         )
+    except InvalidSpec:
+        raise
     except KeyError as exc:
         raise InvalidSpec(f"spec is missing {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
@@ -142,4 +197,123 @@ def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
         )
     if "{key}" not in parsed.source_url:
         raise InvalidSpec("source.url must contain {key}, where each key goes")
+    names = [feed.name for feed in parsed.feeds]
+    if doubled := sorted({name for name in names if names.count(name) > 1}):
+        raise InvalidSpec(f"feed names must be unique: {', '.join(doubled)} given twice")
     return parsed
+
+
+def _fields(where: str, raw: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    """``raw``, an object with only the fields ``schema`` knows (an API server prunes the
+    others, or refuses them with strict field validation; an older definition kept them)."""
+    if not isinstance(raw, dict):
+        raise InvalidSpec(f"{where} must be an object")
+    if unknown := sorted(set(raw) - set(schema["properties"])):
+        raise InvalidSpec(f"{where} has unknown fields: {', '.join(unknown)}; allowed: "
+                          f"{', '.join(schema['properties'])}")  # fmt: skip
+    missing = [name for name in schema.get("required", ()) if raw.get(name) is None]
+    if missing:
+        raise InvalidSpec(f"{where} lacks {', '.join(missing)}")
+    return raw
+
+
+def _text(where: str, value: Any, pattern: str | None = None, allowed: str = "") -> str:
+    if not isinstance(value, str) or (pattern is not None and not re.fullmatch(pattern, value)):
+        raise InvalidSpec(f"{where}={value!r} is not allowed" + (f": {allowed}" if allowed else ""))
+    return value
+
+
+def _optional(where: str, value: Any, pattern: str, allowed: str) -> str | None:
+    return None if value is None else _text(where, value, pattern, allowed)
+
+
+def _feed(index: int, raw: Any) -> Feed:
+    """One of ``spec.feeds``, checked as the schema would (and its CEL rules)."""
+    where = f"spec.feeds[{index}]"
+    raw = _fields(where, raw, crd.FEED)
+    name = _text(f"{where}.name", raw["name"], crd.FEED_NAME_PATTERN,
+                 "a-z 0-9 -, starting and ending alphanumeric")  # fmt: skip
+    if len(name) > crd.FEED_NAME_MAX:
+        raise InvalidSpec(f"{where}.name={name!r} is longer than {crd.FEED_NAME_MAX} "
+                          "characters (its CronJob's name must fit in 52)")  # fmt: skip
+    where = f"feed {name}"
+    given = [source for source in crd.FEED_SOURCES if raw.get(source) is not None]
+    if len(given) != 1:
+        raise InvalidSpec(f"{where} must have exactly one source of sql, stale, http or keys"
+                          + (f" (it has {' and '.join(given)})" if given else ""))  # fmt: skip
+    schedule = raw.get("schedule")
+    if schedule is not None:
+        check_schedule(f"{where}: schedule", _text(f"{where}: schedule", schedule))
+    suspend = raw.get("suspend", False)
+    if not isinstance(suspend, bool):
+        raise InvalidSpec(f"{where}: suspend must be true or false")
+    kind = given[0]
+    body = _fields(f"{where}: {kind}", raw[kind], crd.FEED["properties"][kind])
+    source: Source
+    if kind == "sql":
+        query = _text(f"{where}: sql.query", body["query"])
+        if not query.strip():
+            raise InvalidSpec(f"{where}: sql.query is empty")
+        source = Sql(query, _optional(f"{where}: sql.connectionsSecretKey",
+                                      body.get("connectionsSecretKey"),
+                                      crd.CONFIG_MAP_KEY_PATTERN, "a Secret key"))  # fmt: skip
+    elif kind == "stale":
+        age = _text(f"{where}: stale.age", body["age"], crd.AGE_PATTERN,
+                    "a number above 0 and s, m, h or d (90s, 30m, 24h, 7d)")  # fmt: skip
+        limit = body.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):  # fmt: skip
+            raise InvalidSpec(f"{where}: stale.limit={limit!r} is not allowed: a whole "
+                              "number from 1")  # fmt: skip
+        source = Stale(age, limit)
+    elif kind == "http":
+        pointer = "a JSON pointer: empty or /tokens, ~ written ~0 and / as ~1"
+        items, key, next_ = (
+            _optional(f"{where}: http.{field}", body.get(field), crd.POINTER_PATTERN, pointer)
+            for field in ("items", "key", "next"))  # fmt: skip
+        cursor = body.get("cursorParam")
+        if cursor is not None and not _text(f"{where}: http.cursorParam", cursor).strip():
+            raise InvalidSpec(f"{where}: http.cursorParam is empty")
+        if cursor is not None and next_ is None:
+            raise InvalidSpec(f"{where}: http.cursorParam needs http.next: the cursor is the "
+                              "value there")  # fmt: skip
+        url = _text(f"{where}: http.url", body["url"], "https?://[^\\s]+", "an http(s) URL")
+        source = Http(url, items, key, next_, cursor)
+    else:
+        source = Keys(
+            _text(f"{where}: keys.configMap", body["configMap"], crd.OBJECT_NAME_PATTERN,
+                  "a ConfigMap's name"),
+            _text(f"{where}: keys.key", body["key"], crd.CONFIG_MAP_KEY_PATTERN,
+                  "a ConfigMap key: letters, digits, -, _ and ."))  # fmt: skip
+        if source.key in (".", "..") or source.key.startswith(".."):
+            raise InvalidSpec(f"{where}: keys.key={source.key!r} is not a ConfigMap key")
+    return Feed(name, schedule, suspend, source)
+
+
+# Each field's range, for what the schema's pattern cannot see: a range running backwards.
+CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
+CRON_NAMES = {name: number for names, first in ((crd.MONTHS, 1), (crd.WEEKDAYS, 0))
+              for number, name in enumerate(names, first)}  # fmt: skip
+
+
+def check_schedule(where: str, schedule: str) -> None:
+    """Refuse a schedule a CronJob would not take: not 5 fields (or a macro), a value out of
+    its field's range, a range running backwards."""
+    allowed = ("5 fields (minute hour day-of-month month weekday, e.g. */15 * * * *) or "
+               f"one of {', '.join(crd.CRON_MACROS)}")  # fmt: skip
+    if not re.fullmatch(crd.CRON_PATTERN, schedule):
+        raise InvalidSpec(f"{where} {schedule!r} is not a cron schedule: {allowed}")
+    if schedule.startswith("@"):
+        return
+    for part, (low, high) in zip(schedule.split(), CRON_RANGES, strict=True):
+        for item in part.split(","):
+            span = item.split("/")[0]
+            if span in ("*", "?"):
+                continue
+            first, _, last = span.partition("-")
+            values = [CRON_NAMES.get(part.upper()) if part.isalpha() else int(part)
+                      for part in (first, last or first)]  # fmt: skip
+            if values[0] is None or values[1] is None or not (
+                    low <= values[0] <= values[1] <= high):  # fmt: skip
+                raise InvalidSpec(f"{where} {schedule!r}: {item!r} is outside {low}-{high} or "
+                                  "runs backwards")  # fmt: skip

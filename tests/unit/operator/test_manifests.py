@@ -38,6 +38,7 @@ def every_manifest(spec: dict[str, Any]) -> list[dict[str, Any]]:
         manifests.fetcher_deployment(pipeline),
         manifests.writer_deployment(pipeline, 3),
         manifests.migration_job(pipeline),
+        *(manifests.feed_cronjob(pipeline, feed) for feed in pipeline.feeds),
     ]
 
 
