@@ -126,20 +126,20 @@ async def query_keys(
                 # A CTE takes any statement, so a data-modifying one meets the transaction's
                 # READ ONLY rather than a syntax error.
                 query = f"WITH q AS ({query}) SELECT q.{quote_ident(first)}::text FROM q"
-            cursor = conn.cursor(query, *args, prefetch=ROWS)
-            keys: Chunk = []
-            number = 0
-            async for row in cursor:
-                number += 1
-                if not row[0]:
-                    skipped.blank += 1
-                    continue
-                keys.append((number, check_key(row[0], f"row {number}")))
-                if len(keys) == ROWS:
+            # ROWS a fetch rather than iterating the cursor, which costs a coroutine step and
+            # a connection check a row: half the source's CPU (1,000,000 rows, --dry-run).
+            cursor = await conn.cursor(query, *args)
+            first_row = 1
+            while rows := await cursor.fetch(ROWS):
+                keys: Chunk = []
+                for number, row in enumerate(rows, first_row):
+                    if row[0]:
+                        keys.append((number, check_key(row[0], f"row {number}")))
+                    else:
+                        skipped.blank += 1
+                first_row += len(rows)
+                if keys:
                     yield keys
-                    keys = []
-            if keys:
-                yield keys
     finally:
         await conn.close()
 
