@@ -149,22 +149,25 @@ class FailedSet:
 
 # Drops the lapsed marks, then marks each key of ARGV[3..] that holds no mark (or every one,
 # when ARGV[2] is "1") until now + ARGV[1] seconds, on Redis's clock; returns the positions
-# (from 1) of the keys it marked. One atomic step, so two feeds racing over the same keys
-# claim each key once; a key twice in one call is claimed once.
+# (from 1) of the keys it did not mark, most often none: a reply of every key claimed cost a
+# run of a million keys 6% of its time, read element by element. One atomic step, so two
+# feeds racing over the same keys claim each key once; a key twice in one call is claimed
+# once.
 CLAIM_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now))
 local lapses = string.format('%.6f', now + tonumber(ARGV[1]))
 local force = ARGV[2] == '1'
-local claimed = {}
+local skipped = {}
 for i = 3, #ARGV do
   if force or not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
     redis.call('ZADD', KEYS[1], lapses, ARGV[i])
-    claimed[#claimed + 1] = i - 2
+  else
+    skipped[#skipped + 1] = i - 2
   end
 end
-return claimed
+return skipped
 """
 
 # Marks that have not lapsed, on Redis's clock.
@@ -196,8 +199,11 @@ class InFlight:
         (all of them, marked again, with ``force``), in order, each once."""
         if not keys:
             return []
-        positions = await self._claim(keys=[self.key], args=[plain(lifetime), int(force), *keys])
-        return [keys[int(position) - 1] for position in positions]
+        args: list[str | int] = [plain(lifetime), int(force), *keys]
+        skipped = {int(position) - 1 for position in await self._claim(keys=[self.key], args=args)}
+        if not skipped:
+            return list(keys)
+        return [key for at, key in enumerate(keys) if at not in skipped]
 
     async def release(self, keys: Collection[str]) -> None:
         """``keys`` are no longer in flight."""
