@@ -71,11 +71,19 @@ def test_a_fields_type_is_decided_by_every_value_it_held(values: list[Any], expe
 
 
 def test_the_reasons_are_in_the_notes() -> None:
-    noted = {c.name: c.note for c in columns({"n": None, "m": "1", "a": []}, {"m": 1, "a": [2]})}
+    noted = {c.name: c.note for c in columns(
+        {"n": None, "m": "1", "a": [], "h": 2**64, "f": 1, "d": 1.5, "b": True, "t": "x"},
+        {"m": 1, "a": [2], "h": 1.5, "f": 1.5, "d": 2.5, "b": 1, "t": "2024-01-01"},
+    )}  # fmt: skip
     assert noted == {
         "n": "in 1 of 2, null in 1; only ever null here: text is a guess",
-        "m": "in 2 of 2; mixed: integer, string",
+        "m": "in 2 of 2; mixed: number, string",
         "a": "in 2 of 2; arrays",
+        "h": "in 2 of 2; integers past bigint; integers and fractions",
+        "f": "in 2 of 2; integers and fractions",
+        "d": "in 2 of 2",
+        "b": "in 2 of 2; mixed: boolean, number",
+        "t": "in 2 of 2; strings of different forms (date, text)",
     }
 
 

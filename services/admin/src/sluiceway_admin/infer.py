@@ -48,10 +48,10 @@ DATE_TIME = re.compile(
 )
 # PostgreSQL refuses a UTC offset of 16 hours or more; Python takes up to 24.
 MAX_OFFSET = timedelta(hours=16)
-NUMBERS = frozenset({"bigint", "numeric"})
+NUMBERS = frozenset({"bigint", "huge", "numeric"})  # huge: an integer past bigint
 STRINGS = frozenset({"timestamptz", "timestamp", "date", "text"})
 # What a kind is called in a column's comment.
-SHOWN = {"boolean": "boolean", "bigint": "integer", "numeric": "number", "array": "array",
+SHOWN = {"boolean": "boolean", **dict.fromkeys(NUMBERS, "number"), "array": "array",
          "object": "object", **dict.fromkeys(STRINGS, "string")}  # fmt: skip
 
 # PostgreSQL's reserved keywords and those that may name a function or a type but not a
@@ -80,7 +80,7 @@ def kind(value: Any) -> str | None:
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
-        return "bigint" if value in BIGINT else "numeric"
+        return "bigint" if value in BIGINT else "huge"
     if isinstance(value, Decimal | float):
         return "numeric"
     if isinstance(value, str):
@@ -207,11 +207,14 @@ def column_type(place: Field) -> tuple[str, str]:
         if len(place.path) >= MAX_DEPTH:
             return "jsonb", f"an object {MAX_DEPTH} levels down: kept whole, not flattened"
         return "jsonb", "always an empty object"
+    if kinds <= NUMBERS and kinds != {"bigint"}:
+        why = ["integers past bigint"] if "huge" in kinds else []
+        if "numeric" in kinds and kinds & {"bigint", "huge"}:
+            why.append("integers and fractions")
+        return "numeric", "; ".join(why)
     if len(kinds) == 1:
         (only,) = kinds
         return ("jsonb", "arrays") if only == "array" else (only, "")
-    if kinds <= NUMBERS:
-        return "numeric", "integers and fractions"
     if kinds <= STRINGS:
         return "text", "strings of different forms (" + ", ".join(sorted(kinds)) + ")"
     mixed = sorted({SHOWN[k] for k in kinds})
