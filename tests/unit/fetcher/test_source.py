@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from sluiceway_common.codec import key_url
-from sluiceway_fetcher.config import source_template
+from sluiceway_common.settings import source_template
 from sluiceway_fetcher.source import Failed, Fetched, classify
 
 

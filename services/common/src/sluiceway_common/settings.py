@@ -362,6 +362,26 @@ INFLIGHT_TIMEOUT = Option(
     default="86400",
 )
 
+
+# The upstream's URL of a key: the fetcher's requests and `sink suggest --fetch` build it.
+def source_template(text: str) -> str:
+    template = text.strip()
+    if template.count("{key}") != 1:
+        raise Refused('it must hold "{key}" exactly once')
+    url("http", "https")(template.replace("{key}", "k"))
+    # Anything but {key} in braces would be an unfilled placeholder in every request.
+    if template.replace("{key}", "").count("{") or template.replace("{key}", "").count("}"):
+        raise Refused('braces other than "{key}"')
+    return template
+
+
+SOURCE_URL = Option(
+    "SLUICEWAY_SOURCE_URL",
+    source_template,
+    "upstream URL template; {key} is replaced by the percent-encoded key",
+    allowed="an http(s) URL template holding {key} once, e.g. https://api.example.com/users/{key}",
+)
+
 # The upstream's headers: the fetcher's requests and enqueue --http's listing send them.
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 

@@ -5,27 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from sluiceway_common import settings
-from sluiceway_common.settings import ConfigError, Option, Refused, setting
+from sluiceway_common.settings import ConfigError, Option, setting
 from sluiceway_fetcher.packer import PackPolicy
 
-
-def source_template(text: str) -> str:
-    template = text.strip()
-    if template.count("{key}") != 1:
-        raise Refused('it must hold "{key}" exactly once')
-    settings.url("http", "https")(template.replace("{key}", "k"))
-    # Anything but {key} in braces would be an unfilled placeholder in every request.
-    if template.replace("{key}", "").count("{") or template.replace("{key}", "").count("}"):
-        raise Refused('braces other than "{key}"')
-    return template
-
-
-SOURCE_URL = Option(
-    "SLUICEWAY_SOURCE_URL",
-    source_template,
-    "upstream URL template; {key} is replaced by the percent-encoded key",
-    allowed="an http(s) URL template holding {key} once, e.g. https://api.example.com/users/{key}",
-)
 RATE_LIMIT = replace(
     settings.RATE_LIMIT,
     help="requests per second to the upstream from all of the pipeline's fetchers together, "
@@ -69,7 +51,7 @@ class FetcherSettings(settings.Settings):
     amqp_url: str = setting(settings.AMQP_URL)
     redis_url: str = setting(settings.REDIS_URL)
     pipeline: str = setting(settings.PIPELINE)
-    source_url: str = setting(SOURCE_URL)
+    source_url: str = setting(settings.SOURCE_URL)
     source_headers: dict[str, str] = setting(settings.SOURCE_HEADERS)
     rate_limit: float = setting(RATE_LIMIT)
     concurrency: int = setting(settings.CONCURRENCY)
