@@ -1,6 +1,6 @@
 """A pipeline's state in Redis: each structure's key names and every operation on it.
 
-Four structures, each owned here and nowhere else:
+Five structures, each owned here and nowhere else:
 
 * the *failed set*: the keys whose fetch failed for good, and beside it a hash of each key's
   reason as JSON (``{"reason", "status", "attempts", "at"}``). The fetcher adds a key and
@@ -18,6 +18,9 @@ Four structures, each owned here and nowhere else:
   :class:`InFlight`).
 * the *feed runs*: a hash of each feed's last ``enqueue --feed NAME`` run as JSON, which the
   operator reports in the Pipeline's status.
+* the *fetcher reports*: each running fetcher's load (requests in hand, upstream latency,
+  time waited for rate-limit slots), a key per fetcher that Redis expires when the fetcher
+  stops reporting, and a set of their names; the operator reads them to size the fetchers.
 
 The key names are a contract (users and checks outside the project read them).
 """
@@ -73,12 +76,22 @@ def feed_runs(pipeline: str) -> str:
     return f"sluiceway:{pipeline}:feeds"
 
 
+def fetchers(pipeline: str) -> str:
+    """Set of the names of the fetchers that have reported (see :class:`FetcherReports`)."""
+    return f"sluiceway:{pipeline}:fetchers"
+
+
+def fetcher_report(pipeline: str, name: str) -> str:
+    """One fetcher's last report as JSON; it expires when the fetcher stops reporting."""
+    return f"sluiceway:{pipeline}:fetcher:{name}"
+
+
 def owned(pipeline: str) -> tuple[str, ...]:
     """Every Redis key of the pipeline: what to delete along with it."""
     return (
         failed_set(pipeline), failed_info(pipeline),
         rate_last(pipeline), rate_limit(pipeline), rate_pause_until(pipeline),
-        inflight(pipeline), feed_runs(pipeline),
+        inflight(pipeline), feed_runs(pipeline), fetchers(pipeline),
     )  # fmt: skip
 
 
@@ -243,6 +256,54 @@ class FeedRuns:
         names = list(feeds)
         if names:
             await self._client.hdel(self.key, *names)
+
+
+# --- the fetcher reports -------------------------------------------------------------------
+
+
+class FetcherReports:
+    """What each running fetcher of a pipeline last said of its load.
+
+    A report is a JSON object (``{"concurrency", "in_hand", "fetches", "latency",
+    "rate_wait", "seconds"}``: see the fetcher's ``report.py``) under a key of the fetcher's
+    own that expires ``ttl`` seconds after it was written, on Redis's clock, so a fetcher
+    that dies stops counting by itself. The set of names is only an index of where to look:
+    a name whose report has expired is dropped from it at the next reading.
+    """
+
+    def __init__(self, client: aioredis.Redis, pipeline: str) -> None:
+        self._client = client
+        self._pipeline = pipeline
+        self.names = fetchers(pipeline)
+
+    async def report(self, name: str, load: dict[str, Any], ttl: float) -> None:
+        async with self._client.pipeline(transaction=True) as tx:
+            tx.set(fetcher_report(self._pipeline, name), orjson.dumps(load), px=int(ttl * 1000))
+            tx.sadd(self.names, name)
+            await tx.execute()
+
+    async def withdraw(self, name: str) -> None:
+        """A fetcher that stops takes its report back at once."""
+        async with self._client.pipeline(transaction=True) as tx:
+            tx.delete(fetcher_report(self._pipeline, name))
+            tx.srem(self.names, name)
+            await tx.execute()
+
+    async def read(self) -> dict[str, dict[str, Any]]:
+        """The reports of the fetchers reporting now, by name."""
+        found: set[bytes | str] = await self._client.smembers(self.names)
+        names = sorted(raw.decode() if isinstance(raw, bytes) else raw for raw in found)
+        if not names:
+            return {}
+        loads = await self._client.mget([fetcher_report(self._pipeline, n) for n in names])
+        gone = [name for name, load in zip(names, loads, strict=True) if load is None]
+        if gone:
+            await self._client.srem(self.names, *gone)
+        return {
+            name: orjson.loads(load)
+            for name, load in zip(names, loads, strict=True)
+            if load is not None
+        }
 
 
 # --- the rate keys -----------------------------------------------------------------------

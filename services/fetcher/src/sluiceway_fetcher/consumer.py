@@ -33,6 +33,7 @@ from sluiceway_common.ratelimit import MAX_PAUSE, pause_seconds
 from sluiceway_common.retry import delay, retryable
 from sluiceway_fetcher.metrics import Timings
 from sluiceway_fetcher.packer import Packer
+from sluiceway_fetcher.report import Load
 from sluiceway_fetcher.source import Failed, Fetched, fetch
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Fetcher:
         self._source_url = source_url
         self.inflight: set[asyncio.Task[object]] = set()
         self._timings = timings
+        self.load = Load()  # running sums for the load report (report.py)
         self.fetched = 0
         self.failed = 0
         self.dropped = 0
@@ -126,8 +128,13 @@ class Fetcher:
             return
         started = time.monotonic()
         self._timings.rate_wait.observe(started - asked)
+        self.load.waits += 1
+        self.load.wait_seconds += started - asked
         outcome = await fetch(self._http, self._source_url, key)
-        self._timings.fetch.observe(time.monotonic() - started)
+        took = time.monotonic() - started
+        self._timings.fetch.observe(took)
+        self.load.fetches += 1
+        self.load.fetch_seconds += took
         self.outcomes[outcome.outcome, str(outcome.status or "none")] += 1
         if isinstance(outcome, Fetched):
             # Returns once the broker confirmed the message this record went out in.

@@ -19,6 +19,7 @@ from sluiceway_fetcher import metrics
 from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.consumer import Fetcher, release_landed
 from sluiceway_fetcher.packer import Packer
+from sluiceway_fetcher.report import Reporter
 from sluiceway_fetcher.transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
         )  # fmt: skip
         metrics.export(registry, queues.pipeline, fetcher, limiter, packer)
         override = await limiter.override()
+        reporter = Reporter(store.FetcherReports(redis_client, config.pipeline), fetcher,
+                            config.concurrency)  # fmt: skip
+        reporting = asyncio.create_task(reporter.run())
         async with service.consuming(fetch_queue, fetcher.on_message, redis=redis_client.ping):
             log.info(
                 "fetching %s from %s at %g requests/s for the whole pipeline%s",
@@ -71,6 +75,9 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
         if fetcher.inflight:
             await asyncio.wait(fetcher.inflight, timeout=config.request_timeout + 5)
         await packer.close()
+        reporting.cancel()
+        await asyncio.gather(reporting, return_exceptions=True)
+        await reporter.withdraw()
     outcomes = ", ".join(
         f"{outcome} {status}: {n}" if status != "none" else f"{outcome}: {n}"
         for (outcome, status), n in sorted(fetcher.outcomes.items())
