@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sluiceway_operator.scaling import Stabilizer, desired
+from sluiceway_operator.scaling import (
+    IDLE,
+    LATENCY_BOUND,
+    MAX_REPLICAS,
+    RATE_LIMITED,
+    FetcherPlan,
+    Stabilizer,
+    desired,
+    fetchers_wanted,
+    mean_latency,
+)
 
 
 @pytest.mark.parametrize(
@@ -86,3 +98,78 @@ def test_desired_is_monotone_in_depth(a: int, b: int, target: int,
     low, high = low_high
     shallow, deep = sorted((a, b))
     assert desired(shallow, target, low, high) <= desired(deep, target, low, high)
+
+
+# --- fetchers -----------------------------------------------------------------------------
+
+
+def plan(backlog: int = 100_000, rate: float = 50, latency: float | None = 0.5,
+         concurrency: int = 32, low: int = 1, high: int = 10, current: int = 1
+         ) -> FetcherPlan:  # fmt: skip
+    return fetchers_wanted(backlog=backlog, rate=rate, latency=latency, concurrency=concurrency,
+                           low=low, high=high, current=current)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        # 50/s at 0.5 s: 25 requests in flight, one fetcher of 32 spends it.
+        ({}, FetcherPlan(1, RATE_LIMITED)),
+        # 2,000/s at the same latency: 1,000 in flight → 38 fetchers; 10 at most.
+        ({"rate": 2000}, FetcherPlan(10, MAX_REPLICAS)),
+        ({"rate": 2000, "high": 100}, FetcherPlan(38, RATE_LIMITED)),
+        # 600/s at 0.5 s: 300 in flight, with headroom 360 → 12 fetchers of 32.
+        ({"rate": 600, "high": 20}, FetcherPlan(12, RATE_LIMITED)),
+        # Only 64 keys wait: two fetchers hold them all; more would idle.
+        ({"rate": 2000, "backlog": 64}, FetcherPlan(2, LATENCY_BOUND)),
+        # Nothing waits: the minimum, and zero when it is zero.
+        ({"backlog": 0}, FetcherPlan(1, IDLE)),
+        ({"backlog": 0, "low": 0}, FetcherPlan(0, IDLE)),
+        # Keys wait with no fetcher running: one starts, to measure the latency.
+        ({"latency": None, "low": 0, "current": 0}, FetcherPlan(1, LATENCY_BOUND)),
+        ({"latency": None, "current": 4}, FetcherPlan(4, LATENCY_BOUND)),
+        ({"latency": None, "current": 40}, FetcherPlan(10, LATENCY_BOUND)),
+        # The minimum holds even where one would do.
+        ({"low": 3}, FetcherPlan(3, RATE_LIMITED)),
+    ],
+)
+def test_fetchers_spend_the_budget_with_the_fewest(kwargs: dict[str, float], expected: FetcherPlan
+                                                   ) -> None:  # fmt: skip
+    assert plan(**kwargs) == expected  # type: ignore[arg-type]
+
+
+@given(
+    backlog=st.integers(0, 10**7),
+    rate=st.floats(0.01, 1_000_000),
+    latency=st.none() | st.floats(0.0, 600),
+    concurrency=st.integers(1, 4096),
+    low=st.integers(0, 50),
+    span=st.integers(0, 200),
+    current=st.integers(0, 300),
+)
+def test_fetchers_stay_in_bounds_and_never_exceed_what_the_backlog_keeps_busy(
+    backlog: int, rate: float, latency: float | None, concurrency: int, low: int, span: int,
+    current: int,
+) -> None:  # fmt: skip
+    high = max(low, 1) + span
+    got = plan(backlog, rate, latency, concurrency, low, high, current)
+    assert low <= got.replicas <= high
+    if backlog == 0:
+        assert got.bound == IDLE
+    else:
+        assert got.replicas >= 1
+        if latency is not None and got.replicas > max(low, 1):
+            assert got.replicas <= math.ceil(backlog / concurrency)
+    # More budget never means fewer fetchers.
+    more = plan(backlog, rate * 2, latency, concurrency, low, high, current)
+    assert more.replicas >= got.replicas
+
+
+def test_the_mean_latency_weighs_each_fetcher_by_its_fetches() -> None:
+    assert mean_latency([]) is None
+    assert mean_latency([{"fetches": 0, "latency": None}]) is None
+    reports: list[dict[str, object]] = [
+        {"fetches": 30, "latency": 0.1}, {"fetches": 10, "latency": 0.5},
+        {"fetches": 0, "latency": None},
+    ]  # fmt: skip
+    assert mean_latency(reports) == pytest.approx(0.2)
