@@ -35,7 +35,8 @@ from sluiceway_admin.sources import BadInput, Chunk, Skipped, check_key
 from sluiceway_common.lifecycle import reach
 from sluiceway_common.limiter import SharedLimiter
 from sluiceway_common.logs import error_text
-from sluiceway_common.pointer import Pointer, parse, spelled
+from sluiceway_common.pointer import Pointer, parse
+from sluiceway_common.pointer import spelled as spelled
 from sluiceway_common.ratelimit import MAX_PAUSE, pause_seconds
 from sluiceway_common.retry import delay, pause_asked, retryable
 from sluiceway_common.settings import mask
