@@ -447,3 +447,20 @@ def test_bad_sink_settings_exit_2_naming_the_variable(
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert said in line, line
+
+
+async def test_names_and_pointers_with_quotes_and_a_uuid_key(
+    pool: asyncpg.Pool, pipeline: str, db: asyncpg.Connection, sink_schema: str
+) -> None:
+    odd = 'It\'s "odd"'
+    table = f"{sink_schema}.{mapping.quote(odd)}"
+    await db.execute(
+        f"CREATE TABLE {table} (id uuid PRIMARY KEY, {mapping.quote(odd)} text, whole json)"
+    )
+    sink = await mapped_sink(pool, pipeline, table, {odd: "/payload/it's", "whole": ""}, None)
+    key = "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"
+    assert await sink.write([Record(key, json.dumps({"it's": "quoted"}), T0)]) == []
+    [row] = await db.fetch(f"SELECT * FROM {table}")
+    assert (str(row["id"]), row[odd]) == (key.lower(), "quoted")
+    whole = {"key": key, "payload": {"it's": "quoted"}, "fetched_at": "2026-11-01T00:00:00+00:00"}
+    assert json.loads(row["whole"]) == whole
