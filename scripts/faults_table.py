@@ -18,6 +18,10 @@ DID = {
     "with its transaction's statements or answers held; unacked batches redelivered and rewritten",
     "writer SIGKILL (buffered)": "the same in buffered mode: the merger's advisory lock went "
     "with the dead session; the next writer merged everything",
+    "writer SIGKILL (direct, sink table)": "the same, landing in a typed table of the user's "
+    "own (SLUICEWAY_SINK_*): every typed column matched its payload, newest fetch winning",
+    "writer SIGKILL (buffered, sink table)": "the same in buffered mode: the merger upserted "
+    "into the typed table",
     "fetcher SIGKILL": "tasks of requests in flight and of publishes awaiting confirms were "
     "redelivered and fetched again; a record published twice landed once",
     "fetcher SIGTERM in retry backoff": "exited 0 in under 5 s; the retries waited on the "

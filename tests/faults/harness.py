@@ -3,8 +3,9 @@ and the one checker that ends each scenario by reading the table row by row.
 
 A scenario pushes a known set of keys through the whole pipeline, injects its fault, waits
 until every key has landed or failed, then calls :func:`check_table`: every key that should
-land is in ``records`` once with the upstream's payload, every failing key is in the failed
-set with its reason, nothing else is anywhere (no dead letter, no buffered row left over).
+land is in ``records`` (or the scenario's sink table, :class:`SinkTable`) once with the
+upstream's payload, every failing key is in the failed set with its reason, nothing else is
+anywhere (no dead letter, no buffered row left over).
 Each check is appended to ``.run/faults.jsonl``, from which the README's table is made.
 """
 
@@ -170,7 +171,69 @@ async def enqueue(amqp: AbstractConnection, pipeline: str, keys: list[str]) -> N
         await channel.close()
 
 
-async def count_rows(db: asyncpg.Connection, pipeline: str) -> int:
+@dataclass(frozen=True)
+class SinkTable:
+    """A typed sink table of the user's own for a scenario (``SLUICEWAY_SINK_*``), in a
+    schema of its own whose name needs quotes: the upstream's user in typed columns, its
+    whole payload in ``raw``, newest fetch winning by ``seen_at``."""
+
+    schema: str  # unquoted
+
+    @property
+    def name(self) -> str:
+        return '"' + self.schema.replace('"', '""') + '".users'
+
+    async def create(self, db: asyncpg.Connection) -> None:
+        await db.execute(f'CREATE SCHEMA "{self.schema}"')
+        await db.execute(
+            f"CREATE TABLE {self.name} (key text PRIMARY KEY, name text NOT NULL, age integer,"
+            " score numeric, active boolean, city text, tags jsonb, raw jsonb NOT NULL,"
+            " seen_at timestamptz NOT NULL)"
+        )
+
+    async def drop(self, db: asyncpg.Connection) -> None:
+        await db.execute(f'DROP SCHEMA "{self.schema}" CASCADE')
+
+    def settings(self) -> dict[str, str]:
+        columns = {
+            "name": "/payload/name", "age": "/payload/age", "score": "/payload/score",
+            "active": "/payload/active", "city": "/payload/address/city",
+            "tags": "/payload/tags", "raw": "/payload", "seen_at": "/fetched_at",
+        }  # fmt: skip
+        return {
+            "SLUICEWAY_SINK_TABLE": self.name,
+            "SLUICEWAY_SINK_COLUMNS": json.dumps(columns),
+            "SLUICEWAY_SINK_VERSION": "seen_at",
+        }
+
+    async def rows(self, db: asyncpg.Connection) -> list[tuple[str, Any]]:
+        """Each row's key and payload; a typed column that differs from the payload's value
+        makes the payload ``None`` (a wrong row)."""
+        found = []
+        for row in await db.fetch(f"SELECT * FROM {self.name}"):
+            payload = json.loads(row["raw"])
+            typed = (row["name"], row["age"], float(row["score"]), row["active"], row["city"],
+                     json.loads(row["tags"]))  # fmt: skip
+            wanted = (payload["name"], payload["age"], payload["score"], payload["active"],
+                      payload["address"]["city"], payload["tags"])  # fmt: skip
+            found.append((row["key"], payload if typed == wanted else None))
+        return found
+
+
+async def landed_rows(
+    db: asyncpg.Connection, pipeline: str, sink: SinkTable | None = None
+) -> list[tuple[str, Any]]:
+    """The pipeline's landed rows as (key, payload): in ``records``, or in ``sink``."""
+    if sink is not None:
+        return await sink.rows(db)
+    found = await db.fetch("SELECT key, payload FROM records WHERE pipeline = $1", pipeline)
+    return [(row["key"], json.loads(row["payload"])) for row in found]
+
+
+async def count_rows(db: asyncpg.Connection, pipeline: str, sink: SinkTable | None = None) -> int:
+    if sink is not None:
+        counted: int = await db.fetchval(f"SELECT count(*) FROM {sink.name}")
+        return counted
     n: int = await db.fetchval("SELECT count(*) FROM records WHERE pipeline = $1", pipeline)
     return n
 
@@ -193,16 +256,18 @@ async def settled(
     total: int,
     within: float = 120,
     alive: Iterable[subprocess.Popen[bytes]] = (),
+    sink: SinkTable | None = None,
 ) -> None:
-    """Wait until ``total`` keys have landed in ``records`` or failed, and nothing waits on
-    the records queue or in the buffer; fail early if one of ``alive`` died."""
+    """Wait until ``total`` keys have landed in ``records`` (or ``sink``) or failed, and
+    nothing waits on the records queue or in the buffer; fail early if one of ``alive``
+    died."""
     queues = topology.Queues(pipeline)
     watched = list(alive)
 
     async def done() -> bool:
         for process in watched:
             assert process.poll() is None, f"a process exited with {process.returncode}"
-        rows = await count_rows(db, pipeline)
+        rows = await count_rows(db, pipeline, sink)
         failed = int(await redis.scard(store.failed_set(pipeline)))
         if rows + failed < total:
             return False
@@ -247,20 +312,21 @@ async def check_table(
     landing: Mapping[str, Any],
     failing: Mapping[str, str],
     note: str = "",
+    sink: SinkTable | None = None,
 ) -> Check:
-    """Check ``records``, the failed set, the buffer and the dead-letter queue against what
-    should be there: ``landing`` maps each key to the upstream's payload, ``failing`` each
-    failing key to a text its recorded reason must contain. Records the result in the report
-    and asserts that nothing was lost, duplicated, wrong or unexpected."""
+    """Check ``records`` (or ``sink``), the failed set, the buffer and the dead-letter queue
+    against what should be there: ``landing`` maps each key to the upstream's payload,
+    ``failing`` each failing key to a text its recorded reason must contain. Records the
+    result in the report and asserts that nothing was lost, duplicated, wrong or
+    unexpected."""
     check = Check(scenario, note=note)
     rows: Counter[str] = Counter()
-    for row in await db.fetch("SELECT key, payload FROM records WHERE pipeline = $1", pipeline):
-        key = row["key"]
+    for key, payload in await landed_rows(db, pipeline, sink):
         rows[key] += 1
         check.rows_checked += 1
         if key not in landing:
             check.unexpected.append(key)
-        elif json.loads(row["payload"]) != landing[key]:
+        elif payload != landing[key]:
             check.wrong.append(key)
     buffered = await db.fetch("SELECT key FROM records_buffer WHERE pipeline = $1", pipeline)
     info = await failed_infos(redis, pipeline)

@@ -18,8 +18,10 @@ from tests.conftest import ServiceUrls
 from tests.e2e.conftest import Processes
 from tests.faults.harness import (
     Pipeline,
+    SinkTable,
     Upstream,
     check_table,
+    count_rows,
     enqueue,
     expected,
     kill,
@@ -35,7 +37,10 @@ RUNS = int(os.environ.get("SLUICEWAY_FAULT_RUNS", "3"))
 KEYS = 1200
 
 
-@pytest.mark.parametrize("seed", range(RUNS))
+# The seeded runs land in records; two more (one direct, one buffered) in a sink table.
+@pytest.mark.parametrize(
+    ("seed", "sink"), [(seed, False) for seed in range(RUNS)] + [(0, True), (1, True)]
+)
 async def test_writer_sigkilled_at_random_points_of_a_batch(
     processes: Processes,
     services: ServiceUrls,
@@ -45,16 +50,22 @@ async def test_writer_sigkilled_at_random_points_of_a_batch(
     redis_client: aioredis.Redis,
     amqp_connection: AbstractConnection,
     seed: int,
+    sink: bool,
 ) -> None:
     """Each run kills the writer three times: twice at a random moment after it landed its
     first batch, once while its database connection holds back a transaction's statements
     (even seeds) or their answers, the commit included (odd seeds). Odd seeds write in
-    buffered mode, so a merger dies too."""
+    buffered mode, so a merger dies too. With ``sink`` the rows land in a typed table of
+    the user's own (harness.SinkTable)."""
     rng = random.Random(seed)
     mode = ("direct", "buffered")[seed % 2]
     keys = sample_keys(f"s{seed}", KEYS)
     landing, failing = expected(keys)
     upstream = Upstream()
+    table = SinkTable(f"Faults {pipeline}") if sink else None
+    settings = {"SLUICEWAY_WRITE_MODE": mode, **(table.settings() if table else {})}
+    if table is not None:
+        await table.create(db)
     proxy = await TcpProxy(database_url).start()
     try:
         async with upstream.serving() as source:
@@ -64,14 +75,13 @@ async def test_writer_sigkilled_at_random_points_of_a_batch(
             for kill_number in range(3):
                 held = kill_number == 2
                 writer = pipe.writer(
-                    SLUICEWAY_WRITE_MODE=mode,
-                    SLUICEWAY_DATABASE_URL=proxy.url if held else database_url,
+                    **settings, SLUICEWAY_DATABASE_URL=proxy.url if held else database_url
                 )
-                before = await _landed(db, pipeline)
+                before = await _landed(db, pipeline, table)
 
                 async def wrote(before: int = before, writer: Popen[bytes] = writer) -> bool:
                     assert writer.poll() is None, pipe.logs("writer")
-                    return await _landed(db, pipeline) > before
+                    return await _landed(db, pipeline, table) > before
 
                 await eventually(
                     wrote, within=60, what=f"life {kill_number}: the writer's first batch"
@@ -85,24 +95,25 @@ async def test_writer_sigkilled_at_random_points_of_a_batch(
                 proxy.release()
                 await proxy.cut()
                 await proxy.restore()
-            last = pipe.writer(SLUICEWAY_WRITE_MODE=mode)
+            last = pipe.writer(**settings)
             await settled(db, redis_client, amqp_connection, pipeline, len(keys),
-                          alive=(fetcher, last))  # fmt: skip
+                          alive=(fetcher, last), sink=table)  # fmt: skip
+        await check_table(
+            f"writer SIGKILL ({mode}{', sink table' if sink else ''})", db, redis_client,
+            amqp_connection, pipeline, landing, failing, note=f"seed {seed}, 3 kills",
+            sink=table,
+        )  # fmt: skip
     finally:
         await proxy.close()
-    await check_table(
-        f"writer SIGKILL ({mode})", db, redis_client, amqp_connection, pipeline,
-        landing, failing, note=f"seed {seed}, 3 kills",
-    )  # fmt: skip
+        if table is not None:
+            await table.drop(db)
 
 
-async def _landed(db: asyncpg.Connection, pipeline: str) -> int:
-    n: int = await db.fetchval(
-        "SELECT (SELECT count(*) FROM records WHERE pipeline = $1)"
-        " + (SELECT count(*) FROM records_buffer WHERE pipeline = $1)",
-        pipeline,
+async def _landed(db: asyncpg.Connection, pipeline: str, sink: SinkTable | None = None) -> int:
+    buffered: int = await db.fetchval(
+        "SELECT count(*) FROM records_buffer WHERE pipeline = $1", pipeline
     )
-    return n
+    return await count_rows(db, pipeline, sink) + buffered
 
 
 async def test_fetcher_sigkilled_mid_request_and_mid_publish(

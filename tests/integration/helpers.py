@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sluiceway_common import codec, store, topology
 from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.main import serve as serve_fetcher
+from sluiceway_writer import mapping
 from sluiceway_writer.config import WriterSettings
 from sluiceway_writer.main import serve as serve_writer
 
@@ -289,11 +290,19 @@ async def running_writer(
     batch_max_bytes: int = 16 << 20,
     write_mode: str = "direct",
     metrics_port: int = 0,
+    sink_table: str = "",
+    sink_key: str = "key",
+    sink_columns: dict[str, str] | None = None,
+    sink_version: str = "",
 ) -> AsyncIterator[asyncio.Task[int]]:
-    """A writer served in-process until the block ends; it must then stop with status 0."""
+    """A writer served in-process until the block ends; it must then stop with status 0.
+    The ``sink_*`` arguments are the settings' text (``sink_columns`` before its JSON)."""
     config = WriterSettings(
         database_url, amqp_url, pipeline, batch_size, batch_timeout, batch_max_bytes,
         write_mode, merge_interval=0.1, metrics_port=metrics_port, log_level="INFO",
+        sink_table=mapping.table_name(sink_table), sink_key=sink_key,
+        sink_columns=mapping.column_map(json.dumps(sink_columns or {})),
+        sink_version=sink_version or None,
     )  # fmt: skip
     async with _serving(serve_writer(config, stop := asyncio.Event()), stop) as task:
         yield task

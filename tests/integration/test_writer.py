@@ -391,7 +391,8 @@ async def test_sigterm_during_an_outage_stops_promptly_and_returns_the_batch(
     config = WriterSettings(database_url=proxy.url, amqp_url=services.amqp, pipeline=pipeline,
                             batch_size=5, batch_timeout=0.1, batch_max_bytes=1 << 20,
                             write_mode="direct", merge_interval=0.5, metrics_port=0,
-                            log_level="INFO")  # fmt: skip
+                            log_level="INFO", sink_table=None, sink_key="key",
+                            sink_columns={}, sink_version=None)  # fmt: skip
     stop = asyncio.Event()
     try:
         task = asyncio.create_task(serve(config, stop))

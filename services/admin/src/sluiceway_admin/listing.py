@@ -35,19 +35,20 @@ from sluiceway_admin.sources import BadInput, Chunk, Skipped, check_key
 from sluiceway_common.lifecycle import reach
 from sluiceway_common.limiter import SharedLimiter
 from sluiceway_common.logs import error_text
+from sluiceway_common.pointer import Pointer, parse
+from sluiceway_common.pointer import spelled as spelled
 from sluiceway_common.ratelimit import MAX_PAUSE, pause_seconds
 from sluiceway_common.retry import delay, pause_asked, retryable
 from sluiceway_common.settings import mask
 
 log = logging.getLogger(__name__)
 
-Pointer = tuple[str, ...]  # a JSON pointer's reference tokens, unescaped
-ESCAPE = re.compile(r"~(?![01])")
 # A Link header's links: <URI-reference> then its ;-separated parameters (RFC 8288).
 QUOTED = r'"(?:[^"\\]|\\.)*"'
 LINK_PARAM = re.compile(rf'\s*;\s*([^=;,"\s]+)\s*(?:=\s*({QUOTED}|[^;,"]*))?')
 LINK = re.compile(rf"<([^>]*)>((?:{LINK_PARAM.pattern})*)")
 MISSING = object()
+pointer = parse  # enqueue's --items, --key and --next
 
 
 class PageFailed(BadInput):
@@ -57,22 +58,6 @@ class PageFailed(BadInput):
         super().__init__(f"{mask(url)}: {reason}")
         self.url = url
         self.reason = reason
-
-
-def pointer(text: str) -> Pointer:
-    """A JSON pointer (RFC 6901) as its tokens; ``""`` is the whole document. ValueError when
-    ``text`` is not one."""
-    if text == "":
-        return ()
-    if not text.startswith("/"):
-        raise ValueError("a JSON pointer starts with /, e.g. /data")
-    if ESCAPE.search(text):
-        raise ValueError("~ is written ~0 in a JSON pointer (and / as ~1)")
-    return tuple(token.replace("~1", "/").replace("~0", "~") for token in text[1:].split("/"))
-
-
-def spelled(tokens: Pointer) -> str:
-    return "".join("/" + token.replace("~", "~0").replace("/", "~1") for token in tokens)
 
 
 def resolve(doc: Any, tokens: Pointer) -> Any:

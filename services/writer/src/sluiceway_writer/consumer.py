@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
@@ -190,15 +191,27 @@ class Writer:
         self, message: AbstractIncomingMessage, body: bytes | None, reason: str
     ) -> None:
         """Publish ``body`` (the message's own when ``None``) to the dead-letter queue."""
+        await self._publish_dead(
+            message.body if body is None else body,
+            reason,
+            dict(message.headers or {}),
+            message.content_encoding if body is None else None,
+        )
+
+    async def dead_letter(self, record: codec.Record, reason: str) -> None:
+        """Dead-letter ``record``, refused by the target as the merger moved it out of the
+        buffer (buffered mode); counted as refused."""
+        body = codec.encode_record(record.key, record.payload.encode(), record.fetched_at)
+        await self._publish_dead(body, reason, {}, None)
+        self.dead_letters["refused"] += 1
+
+    async def _publish_dead(
+        self, body: bytes, reason: str, headers: dict[str, Any], encoding: str | None
+    ) -> None:
         log.warning("dead-lettering a record: %s", reason)
-        headers = dict(message.headers or {})
         headers["x-sluiceway-reason"] = reason[:1000]
         await self._channel.default_exchange.publish(
-            topology.persistent(
-                message.body if body is None else body,
-                headers=headers,
-                content_encoding=message.content_encoding if body is None else None,
-            ),
+            topology.persistent(body, headers=headers, content_encoding=encoding),
             routing_key=self._queues.dead,
             mandatory=True,
         )

@@ -11,6 +11,7 @@ import asyncpg
 import sqlalchemy.exc
 
 from sluiceway_common import logs, settings, topology
+from sluiceway_common.amqp import BROKER_ERRORS
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import run_until_signalled
 from sluiceway_common.service import Service
@@ -19,7 +20,15 @@ from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.config import WriterSettings
 from sluiceway_writer.consumer import DatabaseUnavailable, Delivery, Writer
 from sluiceway_writer.merger import Merger
-from sluiceway_writer.sink import DATABASE_ERRORS, Sink, describe, prepare_connection
+from sluiceway_writer.sink import (
+    DATABASE_ERRORS,
+    RECORDS,
+    SERVER_SETTINGS,
+    Sink,
+    describe,
+    prepare_connection,
+    sink_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +43,15 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
             "PostgreSQL",
             config.database_url,
             asyncpg.create_pool(
-                config.database_url, min_size=1, max_size=3, init=prepare_connection
+                config.database_url, min_size=1, max_size=3, init=prepare_connection,
+                server_settings=SERVER_SETTINGS,
             ),
-        )
+        )  # fmt: skip
+        target = RECORDS
         async with pool.acquire() as conn:
             revision = await schema.check(conn)
+            if (sink := config.sink) is not None:
+                target = sink_target(await schema.check_sink(conn, sink))
         await service.connect(config.amqp_url)
         # Two batches' worth, so one fills while the other is written. A packed message holds
         # several rows, so this over-fetches for packed streams; the byte bound still caps
@@ -52,14 +65,17 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
         writer = Writer(
             channel,
             queues,
-            Sink(pool, config.pipeline, config.write_mode),
+            Sink(pool, config.pipeline, config.write_mode, target),
             batcher,
             stop,
             metrics.Timings.create(registry, queues.pipeline),
         )
         merger = merging = None
         if config.write_mode == "buffered":
-            merger = Merger(pool, config.pipeline, config.merge_interval)
+            merger = Merger(
+                pool, config.pipeline, config.merge_interval,
+                target=target, dead_letter=writer.dead_letter,
+            )  # fmt: skip
             merging = asyncio.create_task(merger.run(stop))
         metrics.export(registry, queues.pipeline, writer, batcher, merger)
         try:
@@ -67,10 +83,11 @@ async def serve(config: WriterSettings, stop: asyncio.Event) -> int:
                 records_queue, writer.on_message, postgresql=lambda: schema_current(pool, revision)
             ):
                 log.info(
-                    "writing %s to PostgreSQL (schema %s, %s mode), batches of %d or %gs",
+                    "writing %s to PostgreSQL (schema %s, %s mode) into %s, batches of %d or %gs",
                     queues.records,
                     revision,
                     config.write_mode,
+                    target.name,
                     config.batch_size,
                     config.batch_timeout,
                 )
@@ -109,7 +126,7 @@ async def final_merge(merger: Merger) -> None:
     rows that stay buffered (another merger busy, database away) wait for the next merger."""
     try:
         await merger.drain()
-    except DATABASE_ERRORS as exc:
+    except (*DATABASE_ERRORS, *BROKER_ERRORS) as exc:
         log.warning("last merge failed; rows stay buffered for the next merger: %s", describe(exc))
 
 

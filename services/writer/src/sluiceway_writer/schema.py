@@ -1,5 +1,6 @@
 """The database schema: where the Alembic migrations are, applying them, and checking that a
-database is at the revision this code was written for."""
+database is at the revision this code was written for; and checking a sink table (the
+user's own, which the migrations never touch) against its mapping."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+
+from sluiceway_writer import mapping
 
 
 class SchemaError(Exception):
@@ -81,3 +84,68 @@ async def check(conn: asyncpg.Connection, wanted: str | None = None) -> str:
         f"the database schema is at revision {found}, which this writer does not know "
         f"(its head is {wanted}): deploy the writer that matches the database"
     )
+
+
+# The sink table (mapping.py) as the writer's role sees it. An unqualified name is the first
+# of the search path that holds it, as PostgreSQL resolves it.
+SINK_TABLE = """
+SELECT c.oid, n.nspname, c.relname, c.relkind::text, current_user AS role,
+       has_schema_privilege(n.oid, 'USAGE') AS usage
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND CASE WHEN $1::text IS NULL THEN n.nspname = ANY (current_schemas(true))
+           ELSE n.nspname = $1 END
+ORDER BY array_position(current_schemas(true), n.nspname::text)
+LIMIT 1
+"""
+SINK_COLUMNS = """
+SELECT a.attname AS name, format_type(a.atttypid, NULL) AS type,
+       a.attgenerated <> '' OR a.attidentity = 'a' AS generated,
+       has_column_privilege(a.attrelid, a.attnum, 'INSERT') AS may_insert,
+       has_column_privilege(a.attrelid, a.attnum, 'UPDATE') AS may_update,
+       has_column_privilege(a.attrelid, a.attnum, 'SELECT') AS may_select
+FROM pg_attribute a
+WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+# Unique indexes an ON CONFLICT (column) can infer: valid, immediate, not partial, no
+# expressions; their key columns (INCLUDE columns left out).
+SINK_UNIQUE = """
+SELECT array_agg(a.attname::text ORDER BY k.ord) AS columns
+FROM pg_index i
+CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indimmediate
+  AND i.indpred IS NULL AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts
+GROUP BY i.indexrelid
+"""
+
+
+async def read_table(
+    conn: asyncpg.Connection, name: mapping.TableName
+) -> mapping.TableFacts | None:
+    """What the catalog says of the sink table ``name``; ``None`` when there is none."""
+    table = await conn.fetchrow(SINK_TABLE, name.schema, name.name)
+    if table is None:
+        return None
+    columns = [
+        mapping.ColumnFacts(**dict(row)) for row in await conn.fetch(SINK_COLUMNS, table["oid"])
+    ]
+    unique = await conn.fetch(SINK_UNIQUE, table["oid"])
+    return mapping.TableFacts(
+        table["nspname"],
+        table["relname"],
+        table["relkind"],
+        {column.name: column for column in columns},
+        tuple(tuple(row["columns"]) for row in unique),
+        table["usage"],
+        table["role"],
+    )
+
+
+async def check_sink(conn: asyncpg.Connection, sink: mapping.SinkSpec) -> mapping.MappedTable:
+    """The sink table, checked: :class:`SchemaError` saying all that is wrong with it."""
+    try:
+        return mapping.plan(sink, await read_table(conn, sink.table))
+    except mapping.Unfit as exc:
+        raise SchemaError(str(exc)) from None
