@@ -164,6 +164,24 @@ FEED = _obj({
            ", ".join(f"has(self.{source})" for source in FEED_SOURCES)),
        "message": "a feed has exactly one source: sql, stale, http or keys"}]})  # fmt: skip
 
+# The writers' SLUICEWAY_SINK_* settings (the writer checks them in full at start-up).
+SINK = _obj({
+    "table": _str("the table of yours the writers land records in, as SQL names it (users, "
+                  'analytics.users, "Analytics Data".users); it must exist', minLength=1,
+                  maxLength=300),
+    "key": _str("the table's column the record's key goes to; unique on its own",
+                minLength=1, maxLength=63, default="key"),
+    "columns": {"type": "object", "maxProperties": 1600, "default": {},
+                "additionalProperties": {"type": "string", "pattern": POINTER_PATTERN,
+                                         "maxLength": 2048},
+                "description": "column -> JSON pointer into the record {key, payload, "
+                               "fetched_at}, e.g. login: /payload/login"},
+    "version": _str("a column that columns maps to /fetched_at: a row is updated only by a "
+                    "newer fetch (else the last record written wins)", minLength=1,
+                    maxLength=63),
+}, required=("table",), description="land records in a table of yours instead of records "
+   "(the README's Sinks)")  # fmt: skip
+
 SPEC = _obj({
     "pipeline": _str(
         "the name the pipeline's queues, Redis keys and rows go by (default: this "
@@ -235,6 +253,7 @@ SPEC = _obj({
     "feeds": {"type": "array", "maxItems": 64, "items": FEED,
               "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
               "description": "sources of keys, each enqueued by a CronJob on its schedule"},
+    "sink": SINK,
     "pollIntervalSeconds": _int("how often the records queue's depth is read", 1, 3600, 10),
 }, required=("image", "connectionsSecret", "source"))  # fmt: skip
 

@@ -12,6 +12,7 @@ enqueue`` from the admin image. Each gets the Pipeline as its owner when it is a
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from typing import Any
 
@@ -217,6 +218,10 @@ def writer_deployment(spec: PipelineSpec, replicas: int, image: str | None = Non
         *_env(PIPELINE=spec.pipeline, BATCH_SIZE=spec.writer.batch_size,
               BATCH_TIMEOUT=plain(spec.writer.batch_timeout), WRITE_MODE=spec.writer.write_mode),
     ]  # fmt: skip
+    if spec.sink is not None:
+        env += _env(SINK_TABLE=spec.sink.table, SINK_KEY=spec.sink.key,
+                    SINK_COLUMNS=json.dumps(dict(spec.sink.columns), sort_keys=True),
+                    SINK_VERSION=spec.sink.version or "")  # fmt: skip
     container = _served(_container(spec, "writer", spec.writer.image, ["writer"], env,
                                    spec.writer.resources))  # fmt: skip
     if image is not None:

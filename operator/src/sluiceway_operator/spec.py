@@ -109,6 +109,16 @@ class Admin:
 
 
 @dataclass(frozen=True)
+class Sink:
+    """The user's table the writers land in, and its columns' JSON pointers (as written)."""
+
+    table: str
+    key: str
+    columns: tuple[tuple[str, str], ...]
+    version: str | None
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str  # the resource's name
     namespace: str
@@ -124,6 +134,7 @@ class PipelineSpec:
     admin: Admin
     feeds: tuple[Feed, ...]
     poll_interval: float
+    sink: Sink | None = None
 
 
 def _image(own: dict[str, Any] | None, shared: dict[str, Any], component: str) -> Image:
@@ -177,6 +188,7 @@ def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
             ),
             feeds=tuple(_feed(index, raw) for index, raw in enumerate(spec.get("feeds") or [])),
             poll_interval=float(spec["pollIntervalSeconds"]),
+            sink=_sink(spec["sink"]) if spec.get("sink") is not None else None,
         )
     except InvalidSpec:
         raise
@@ -225,6 +237,27 @@ def _text(where: str, value: Any, pattern: str | None = None, allowed: str = "")
 
 def _optional(where: str, value: Any, pattern: str, allowed: str) -> str | None:
     return None if value is None else _text(where, value, pattern, allowed)
+
+
+def _sink(raw: Any) -> Sink:
+    """``spec.sink``, checked as far as the schema goes and the version against the columns;
+    the writer checks the table itself at start-up."""
+    raw = _fields("spec.sink", raw, crd.SINK)
+    table = _text("spec.sink.table", raw["table"]).strip()
+    key = _text("spec.sink.key", raw.get("key", "key"))
+    columns = raw.get("columns") or {}
+    if not isinstance(columns, dict):
+        raise InvalidSpec("spec.sink.columns must be an object of column names to JSON pointers")
+    for column, where in columns.items():
+        _text(f"spec.sink.columns.{column}", where, crd.POINTER_PATTERN,
+              "a JSON pointer into the record, e.g. /payload/login")  # fmt: skip
+    if key in columns:
+        raise InvalidSpec(f"spec.sink.columns maps {key!r}, the key column: the key goes there")
+    version = raw.get("version")
+    if version is not None and columns.get(_text("spec.sink.version", version)) != "/fetched_at":
+        raise InvalidSpec(f"spec.sink.version={version!r} must be a column that spec.sink.columns "
+                          "maps to /fetched_at")  # fmt: skip
+    return Sink(table, key, tuple(columns.items()), version)
 
 
 def _feed(index: int, raw: Any) -> Feed:

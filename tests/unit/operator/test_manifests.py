@@ -3,6 +3,7 @@ validated against Kubernetes' own schemas for the oldest and newest supported ve
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 from sluiceway_common import settings
 from sluiceway_operator import crd, manifests
 from sluiceway_operator.spec import InvalidSpec, parse
+from sluiceway_writer import config
 
 ROOT = Path(__file__).resolve().parents[3]
 # The oldest Kubernetes sluiceway supports, and the newest the schemas know.
@@ -183,3 +185,65 @@ def test_fetchers_and_writers_serve_metrics_and_probes_the_migration_does_not() 
         assert env["SLUICEWAY_METRICS_PORT"] == str(manifests.METRICS_PORT)
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+SINK = {"table": '"Analytics Data".users', "key": "id",
+        "columns": {"login": "/payload/login", "a~b": "/payload/a~0b", "seen_at": "/fetched_at"},
+        "version": "seen_at"}  # fmt: skip
+
+
+def test_a_sink_reaches_the_writers_as_their_sink_settings_and_nothing_else() -> None:
+    plain = parse("users", "data", minimal())
+    assert plain.sink is None
+    assert not [e for e in manifests.writer_deployment(plain, 1)["spec"]["template"]["spec"]
+                ["containers"][0]["env"] if e["name"].startswith("SLUICEWAY_SINK_")]  # fmt: skip
+    pipeline = parse("users", "data", minimal(sink=SINK))
+    writer = manifests.writer_deployment(pipeline, 2)
+    env = {
+        e["name"]: e.get("value")
+        for e in writer["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["SLUICEWAY_SINK_TABLE"] == '"Analytics Data".users'
+    assert env["SLUICEWAY_SINK_KEY"] == "id"
+    assert json.loads(env["SLUICEWAY_SINK_COLUMNS"]) == SINK["columns"]
+    assert env["SLUICEWAY_SINK_VERSION"] == "seen_at"
+    # The writer's own parsers take them as the spec meant them.
+    options = (config.SINK_TABLE, config.SINK_KEY, config.SINK_COLUMNS, config.SINK_VERSION)
+    values = settings.resolve(None, options, environ={k: v for k, v in env.items() if v})
+    assert values["sink_columns"] == {"login": ("payload", "login"), "a~b": ("payload", "a~b"),
+                                      "seen_at": ("fetched_at",)}  # fmt: skip
+    assert (values["sink_key"], values["sink_version"]) == ("id", "seen_at")
+    for manifest in every_manifest(minimal(sink=SINK)):
+        kubernetes_validate.validate(manifest, NEWEST, strict=True)
+    doc = {"apiVersion": "sluiceway.io/v1alpha1", "kind": "Pipeline",
+           "metadata": {"name": "p"}, "spec": minimal(sink=SINK)}  # fmt: skip
+    jsonschema.validate(doc, schema())
+    key_only = parse("users", "data", minimal(sink={"table": "users"})).sink
+    assert key_only is not None
+    assert (key_only.key, key_only.columns) == ("key", ())
+
+
+@pytest.mark.parametrize(
+    ("sink", "message"),
+    [
+        ({"table": "users", "version": "seen_at"}, "maps to /fetched_at"),
+        (
+            {"table": "users", "columns": {"seen_at": "/payload/at"}, "version": "seen_at"},
+            "maps to /fetched_at",
+        ),
+        ({"table": "users", "columns": {"login": "payload/login"}}, "JSON pointer"),
+        ({"table": "users", "columns": {"key": "/payload/id"}}, "the key column"),
+        ({"table": "users", "colums": {}}, "unknown fields: colums"),
+    ],
+    ids=["version-unmapped", "version-not-fetched-at", "bad-pointer", "key-mapped", "typo"],
+)
+def test_a_sink_the_writer_would_refuse_is_refused_with_the_reason(
+    sink: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=message):
+        parse("users", "data", minimal(sink=sink))
+    if "colums" not in sink and "pointer" in message:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"apiVersion": "sluiceway.io/v1alpha1", "kind": "Pipeline",
+                                 "metadata": {"name": "p"}, "spec": minimal(sink=sink)},
+                                schema())  # fmt: skip
