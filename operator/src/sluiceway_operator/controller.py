@@ -80,6 +80,13 @@ def phase(migration: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     return {"phase": "Running", "message": ""}
 
 
+def writers_status(current: int, ready: int, desired: int) -> dict[str, Any]:
+    """``status.writers``: the replicas the Deployment is set to, its ready pods, what the
+    policy asks for, and the Writers column's ``summary``."""
+    return {"current": current, "ready": ready, "desired": desired,
+            "summary": f"{ready}/{desired}"}  # fmt: skip
+
+
 @dataclass
 class Connections:
     database_url: str
@@ -201,8 +208,7 @@ class Controller:
             new["lastScaleTime"] = timestamp(now_utc())
             depth = f"queue depth {new.get('queueDepth', '?')}, {new.get('depthSource', '?')}"
             self.post(("Normal", "ScaledWriters", f"writers {current} -> {desired} ({depth})"))
-        new["writers"] = {"current": desired, "ready": ready, "desired": desired,
-                          "summary": f"{ready}/{desired}"}  # fmt: skip
+        new["writers"] = writers_status(current=desired, ready=ready, desired=desired)
         return new
 
     async def _scale(self, spec: PipelineSpec, annotations: dict[str, str], current: int,
