@@ -299,7 +299,7 @@ PRINTER_COLUMNS = [
     {"name": "Depth", "type": "integer", "jsonPath": ".status.queueDepth",
      "description": "records-queue messages, ready and unacked"},
     {"name": "Writers", "type": "string", "jsonPath": ".status.writers.summary",
-     "description": "writer pods current/desired"},
+     "description": "writer pods ready/desired, as a Deployment's READY column"},
     {"name": "Migration", "type": "string", "jsonPath": ".status.migration.state"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]  # fmt: skip

@@ -3,6 +3,8 @@ pruning: a field the schema does not declare is dropped before it is stored, sil
 
 from __future__ import annotations
 
+import re
+
 from sluiceway_operator import crd
 from tests.pruning import pruned
 
@@ -29,3 +31,16 @@ def test_every_field_of_the_status_builders_is_in_the_schema() -> None:
     writers = writers_status(current=3, ready=2, desired=3)
     status = {"writers": writers, "queueDepth": 40, "depthSource": "management-api"}
     assert pruned(crd.STATUS, status, preserve=False) == []
+
+
+def test_the_writers_column_shows_what_its_description_says() -> None:
+    from sluiceway_operator.controller import writers_status
+
+    (column,) = [c for c in crd.PRINTER_COLUMNS if c["name"] == "Writers"]
+    assert column["jsonPath"] == ".status.writers.summary"
+    # "writer pods ready/desired, ...": the two fields of status.writers it shows, in order.
+    match = re.search(r"(\w+)/(\w+)", column["description"])
+    assert match is not None
+    shown = match.groups()
+    writers = writers_status(current=3, ready=1, desired=3)
+    assert writers["summary"] == "/".join(str(writers[name]) for name in shown)
