@@ -534,6 +534,13 @@ async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_fr
             {"type": "Complete", "status": "True"}]}})  # fmt: skip
         await cluster.until("Deployment", "orders-writer", lambda d: replicas(d) == 2,
                             "2 writers for 10 messages", within=40)  # fmt: skip
+        # Succeeded: nothing of the failure is left behind (the status is merge-patched).
+        done = await cluster.until("Pipeline", "orders", lambda p: p["status"].get(
+            "phase") == "Running", "phase Running after the retry")  # fmt: skip
+        assert done["status"]["migration"] == {
+            "image": "registry.example/sluiceway-writer:2.0", "job": job, "attempts": 2,
+            "state": "Succeeded"}  # fmt: skip
+        assert done["status"]["message"] == ""
 
         # A new image: its migration runs first, while the writers keep the migrated image.
         await cluster.patch("Pipeline", "orders", {"spec": {"image": {"tag": "3.0"}}})
