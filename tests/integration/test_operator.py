@@ -584,8 +584,12 @@ async def test_a_failed_migration_is_reported_and_run_again_and_a_lost_broker_fr
             "broker unreachable condition",
         )
         assert "guest:guest" not in str(lost["status"])
+        # The depth is unknown now, not the last reading (10) shown as if current.
+        assert "queueDepth" not in lost["status"]
+        assert "depthSource" not in lost["status"]
         await asyncio.sleep(2.5)  # more polls without a reading
         assert replicas(await cluster.get("Deployment", "orders-writer") or {}) == 2
+        assert "queueDepth" not in (await cluster.get("Pipeline", "orders") or {})["status"]
     assert_nothing_pruned(cluster.api)
 
 

@@ -9,7 +9,7 @@ brings the cluster to what the Pipeline asks for and returns its new ``status``:
 3. the writer Deployment, running the image last migrated (``status.writerImage``, see
    :mod:`sluiceway_operator.migration`; none yet: 0 writers), its replicas from the records
    queue's depth (see ``scaling``), unless the Pipeline is paused or the depth cannot be read
-   (then they stay as they are);
+   (then they stay as they are, and ``queueDepth`` is unknown: null, not the last reading);
 4. a new ``source.rateLimit`` written to Redis, which every running fetcher reads before its
    next request;
 5. the phase, message and conditions, the migration's included.
@@ -195,18 +195,22 @@ class Controller:
         found = await self.kube.get("Deployment", spec.namespace, manifests.writer_name(spec))
         current = int(((found or {}).get("spec") or {}).get("replicas") or 0)
         ready = int(((found or {}).get("status") or {}).get("readyReplicas") or 0)
-        new: dict[str, Any] = {}
+        # A depth is shown only as read by this tick: none read (the broker unreachable, no
+        # Secret, nothing migrated yet) is unknown, not the last reading gone stale.
+        new: dict[str, Any] = {"queueDepth": None, "depthSource": None}
         desired = current
         if image is None:
             desired = 0  # nothing migrated yet: no writer may run
         elif connections is not None:
-            desired, new = await self._scale(spec, annotations, current, report)
+            desired, reading = await self._scale(spec, annotations, current, report)
+            new.update(reading)
         writer = manifests.writer_deployment(spec, desired, image=image)
         adopt(writer)
         await self.kube.apply(writer)
         if desired != current and found is not None:
             new["lastScaleTime"] = timestamp(now_utc())
-            depth = f"queue depth {new.get('queueDepth', '?')}, {new.get('depthSource', '?')}"
+            depth = (f"queue depth {new['queueDepth']}, {new['depthSource']}"
+                     if new["queueDepth"] is not None else "queue depth unknown")  # fmt: skip
             self.post(("Normal", "ScaledWriters", f"writers {current} -> {desired} ({depth})"))
         new["writers"] = writers_status(current=desired, ready=ready, desired=desired)
         return new

@@ -297,7 +297,8 @@ STATUS = _obj({
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Depth", "type": "integer", "jsonPath": ".status.queueDepth",
-     "description": "records-queue messages, ready and unacked"},
+     "description": "records-queue messages, ready and unacked, at the last poll; "
+                    "none while the broker cannot be read"},
     {"name": "Writers", "type": "string", "jsonPath": ".status.writers.summary",
      "description": "writer pods ready/desired, as a Deployment's READY column"},
     {"name": "Migration", "type": "string", "jsonPath": ".status.migration.state"},
