@@ -183,3 +183,25 @@ def test_fetchers_and_writers_serve_metrics_and_probes_the_migration_does_not() 
         assert env["SLUICEWAY_METRICS_PORT"] == str(manifests.METRICS_PORT)
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def migration_resources(spec: dict[str, Any]) -> dict[str, Any]:
+    job = manifests.migration_job(parse("users", "data", spec))
+    found: dict[str, Any] = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    return found
+
+
+def test_the_migration_job_has_resources_a_resource_quota_admits() -> None:
+    # Nothing set anywhere: requests and limits of CPU and memory all the same.
+    assert migration_resources(minimal()) == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "500m", "memory": "256Mi"}}  # fmt: skip
+    # The writer's, as it gives them: the Job runs the writer's image on the same database.
+    writer = {"requests": {"cpu": "250m", "memory": "512Mi"},
+              "limits": {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "1Gi"}}  # fmt: skip
+    assert migration_resources(minimal(writer={"resources": writer})) == writer
+    # A resource the writer names at all is the writer's alone (a default limit under its
+    # request would be refused); one it does not name gets both defaults.
+    assert migration_resources(minimal(writer={"resources": {
+        "requests": {"memory": "1Gi"}}})) == {
+        "requests": {"cpu": "100m", "memory": "1Gi"}, "limits": {"cpu": "500m"}}  # fmt: skip
