@@ -3,7 +3,8 @@
 Every ``pollIntervalSeconds`` (or at once when the Pipeline changes) :meth:`Controller.tick`
 brings the cluster to what the Pipeline asks for and returns its new ``status``:
 
-1. the ConfigMap and the fetcher Deployment, applied;
+1. the ConfigMap and the fetcher Deployment, applied (each child only when its manifest
+   changed, or every ``REAPPLY_SECONDS``: see :class:`~sluiceway_operator.kube.Applied`);
 2. each feed's CronJob applied, those of feeds gone deleted, and ``status.feeds`` read back
    from the CronJobs and the runs' records in Redis (see :mod:`sluiceway_operator.feeds`);
 3. the writer Deployment, running the image last migrated (``status.writerImage``, see
@@ -31,7 +32,7 @@ from sluiceway_common import settings, store, topology
 from sluiceway_common.settings import mask
 from sluiceway_operator import feeds, manifests, scaling
 from sluiceway_operator.broker import BrokerUnreachable, DepthReader
-from sluiceway_operator.kube import Kube
+from sluiceway_operator.kube import Applied, Kube
 from sluiceway_operator.migration import Event, timestamp
 from sluiceway_operator.spec import InvalidSpec, PipelineSpec, parse
 
@@ -126,6 +127,10 @@ class Controller:
     reader: DepthReader | None = None
     redis: aioredis.Redis | None = None
     connections: Connections | None = None
+    children: Applied = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.children = Applied(self.kube, self.clock)
 
     async def close(self) -> None:
         if self.reader is not None:
@@ -138,6 +143,15 @@ class Controller:
                    ) -> dict[str, Any]:  # fmt: skip
         """Reconcile once, from the Pipeline's ``status`` as last written; return the status
         to write."""
+        try:
+            return await self._tick(name, namespace, raw_spec, annotations, status, adopt)
+        except BaseException:
+            self.children.forget()  # whatever failed, the next tick applies everything
+            raise
+
+    async def _tick(self, name: str, namespace: str, raw_spec: dict[str, Any],
+                    annotations: dict[str, str], status: dict[str, Any], adopt: Adopt
+                    ) -> dict[str, Any]:  # fmt: skip
         report = Report(list(status.get("conditions") or []))
         try:
             spec = parse(name, namespace, raw_spec)
@@ -168,7 +182,7 @@ class Controller:
         """What the fetchers need, always in shape."""
         for child in (manifests.config_map(spec), manifests.fetcher_deployment(spec)):
             adopt(child)
-            await self.kube.apply(child)
+            await self.children.apply(child)
 
     async def _connections(self, spec: PipelineSpec, report: Report
                            ) -> Connections | None:  # fmt: skip
@@ -206,7 +220,9 @@ class Controller:
             new.update(reading)
         writer = manifests.writer_deployment(spec, desired, image=image)
         adopt(writer)
-        await self.kube.apply(writer)
+        if found is None:
+            self.children.forget("Deployment", writer["metadata"]["name"])  # deleted by hand
+        await self.children.apply(writer)
         if desired != current and found is not None:
             new["lastScaleTime"] = timestamp(now_utc())
             depth = (f"queue depth {new['queueDepth']}, {new['depthSource']}"
@@ -246,7 +262,7 @@ class Controller:
                      connections: Connections | None, report: Report, adopt: Adopt
                      ) -> list[dict[str, Any]]:  # fmt: skip
         """The feeds' CronJobs in shape; ``status.feeds``, and an Event per failed run."""
-        outcome = await feeds.step(self.kube, self.redis if connections else None, spec,
+        outcome = await feeds.step(self.children, self.redis if connections else None, spec,
                                    before, adopt)  # fmt: skip
         for event in outcome.events:
             self.post(event)
