@@ -5,14 +5,16 @@ error (password masked) when neither answers."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
+import aiohttp.web
 import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from sluiceway_common import topology
 from sluiceway_operator.broker import BrokerUnreachable, DepthReader
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import eventually, publish
+from tests.integration.helpers import eventually, free_port, publish
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +66,48 @@ async def test_no_broker_at_all_is_an_error_with_the_password_masked() -> None:
         assert "AMQP" in str(caught.value)
     finally:
         await reader.close()
+
+
+@pytest.fixture
+async def unsampled_api() -> AsyncIterator[str]:
+    """A management API that answers every queue as RabbitMQ does before its first statistics
+    sample (a queue just declared, a broker just back): no ``messages`` fields at all."""
+
+    async def queue(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({
+            "name": request.match_info["name"], "vhost": "/", "type": "quorum",
+            "state": "running", "consumers": 0, "arguments": {}})  # fmt: skip
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/api/queues/{vhost}/{name}", queue)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://guest:guest@127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_queue_without_counts_yet_is_no_reading_not_an_empty_queue(
+    services: ServiceUrls, amqp_connection: AbstractConnection, pipeline: str,
+    unsampled_api: str,
+) -> None:  # fmt: skip
+    queues = topology.Queues(pipeline)
+    await publish(amqp_connection, pipeline, queues.records, [b"{}"] * 40)
+    reader = DepthReader(services.amqp, unsampled_api)
+    try:
+        # The backlog, from AMQP, instead of a depth of 0 that would scale the writers away.
+        depth = await reader.read(queues.records)
+        assert (depth.messages, depth.source) == (40, "passive-declare")
+    finally:
+        await reader.close()
+    # Nor AMQP: no reading at all, and the writers stay as they are.
+    blind = DepthReader("amqp://guest:guest@127.0.0.1:1/", unsampled_api)
+    try:
+        with pytest.raises(BrokerUnreachable) as caught:
+            await blind.read(queues.records)
+        assert "no message counts yet" in str(caught.value)
+    finally:
+        await blind.close()

@@ -20,6 +20,7 @@ from tests.integration.helpers import eventually
 from tests.integration.test_operator import (  # noqa: F401 -- cluster is a fixture
     NAMESPACE,
     Cluster,
+    assert_nothing_pruned,
     cluster,
     granted_access,
     operator_access,
@@ -192,3 +193,4 @@ async def test_feeds_become_cronjobs_that_follow_the_spec_and_report_their_runs(
     cronjob_access = {a for a in operator_access(cluster.api) if a[1] == "cronjobs"}
     assert cronjob_access == {a for a in granted_access() if a[1] == "cronjobs"}
     assert operator_access(cluster.api) <= granted_access()
+    assert_nothing_pruned(cluster.api)  # status.feeds with its runs

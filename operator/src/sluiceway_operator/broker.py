@@ -3,8 +3,9 @@
 RabbitMQ's management HTTP API counts both (``messages`` of ``/api/queues/<vhost>/<name>``);
 a writer's prefetched batch is unacked, and a policy that saw only ready messages would
 take busy writers for idle ones and scale them away mid-batch. When the management API
-cannot be reached (the plugin is off, a network policy), an AMQP passive declare is the
-fallback; it sees ready messages only, and the reading says which source it came from.
+cannot be reached (the plugin is off, a network policy), or answers without the queue's
+counts (not sampled yet: a queue just declared, a broker just back), an AMQP passive declare
+is the fallback; it sees ready messages only, and the reading says which source it came from.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ MANAGEMENT_TIMEOUT = 5.0
 
 class BrokerUnreachable(Exception):
     """Neither the management API nor AMQP answered; the message says what each said."""
+
+
+class Unsampled(ValueError):
+    """The management API answered for the queue, without its message counts."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +111,15 @@ class DepthReader:
             return Depth(0, 0, "management-api")  # not declared yet: nothing to do
         response.raise_for_status()
         doc = response.json()
-        # Absent right after the queue is declared, until the first statistics sample.
         messages = doc.get("messages")
         if messages is None:
-            messages = int(doc.get("messages_ready", 0)) + int(
-                doc.get("messages_unacknowledged", 0))  # fmt: skip
+            ready, unacked = doc.get("messages_ready"), doc.get("messages_unacknowledged")
+            if ready is None or unacked is None:
+                # No statistics sampled yet (a queue just declared, a broker just back): the
+                # counts are absent for seconds, and absent is no reading, not zero.
+                raise Unsampled(f"queue {queue} has no message counts yet (statistics not "
+                                "sampled)")  # fmt: skip
+            messages = int(ready) + int(unacked)
         return Depth(int(messages), int(doc.get("consumers", 0)), "management-api")
 
     async def _passive(self, queue: str) -> Depth:

@@ -3,13 +3,14 @@
 Every ``pollIntervalSeconds`` (or at once when the Pipeline changes) :meth:`Controller.tick`
 brings the cluster to what the Pipeline asks for and returns its new ``status``:
 
-1. the ConfigMap and the fetcher Deployment, applied;
+1. the ConfigMap and the fetcher Deployment, applied (each child only when its manifest
+   changed, or every ``REAPPLY_SECONDS``: see :class:`~sluiceway_operator.kube.Applied`);
 2. each feed's CronJob applied, those of feeds gone deleted, and ``status.feeds`` read back
    from the CronJobs and the runs' records in Redis (see :mod:`sluiceway_operator.feeds`);
 3. the writer Deployment, running the image last migrated (``status.writerImage``, see
    :mod:`sluiceway_operator.migration`; none yet: 0 writers), its replicas from the records
    queue's depth (see ``scaling``), unless the Pipeline is paused or the depth cannot be read
-   (then they stay as they are);
+   (then they stay as they are, and ``queueDepth`` is unknown: null, not the last reading);
 4. a new ``source.rateLimit`` written to Redis, which every running fetcher reads before its
    next request;
 5. the phase, message and conditions, the migration's included.
@@ -31,7 +32,7 @@ from sluiceway_common import settings, store, topology
 from sluiceway_common.settings import mask
 from sluiceway_operator import feeds, manifests, scaling
 from sluiceway_operator.broker import BrokerUnreachable, DepthReader
-from sluiceway_operator.kube import Kube
+from sluiceway_operator.kube import Applied, Kube
 from sluiceway_operator.migration import Event, timestamp
 from sluiceway_operator.spec import InvalidSpec, PipelineSpec, parse
 
@@ -80,6 +81,13 @@ def phase(migration: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     return {"phase": "Running", "message": ""}
 
 
+def writers_status(current: int, ready: int, desired: int) -> dict[str, Any]:
+    """``status.writers``: the replicas the Deployment is set to, its ready pods, what the
+    policy asks for, and the Writers column's ``summary``."""
+    return {"current": current, "ready": ready, "desired": desired,
+            "summary": f"{ready}/{desired}"}  # fmt: skip
+
+
 @dataclass
 class Connections:
     database_url: str
@@ -119,6 +127,10 @@ class Controller:
     reader: DepthReader | None = None
     redis: aioredis.Redis | None = None
     connections: Connections | None = None
+    children: Applied = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.children = Applied(self.kube, self.clock)
 
     async def close(self) -> None:
         if self.reader is not None:
@@ -131,6 +143,15 @@ class Controller:
                    ) -> dict[str, Any]:  # fmt: skip
         """Reconcile once, from the Pipeline's ``status`` as last written; return the status
         to write."""
+        try:
+            return await self._tick(name, namespace, raw_spec, annotations, status, adopt)
+        except BaseException:
+            self.children.forget()  # whatever failed, the next tick applies everything
+            raise
+
+    async def _tick(self, name: str, namespace: str, raw_spec: dict[str, Any],
+                    annotations: dict[str, str], status: dict[str, Any], adopt: Adopt
+                    ) -> dict[str, Any]:  # fmt: skip
         report = Report(list(status.get("conditions") or []))
         try:
             spec = parse(name, namespace, raw_spec)
@@ -161,7 +182,7 @@ class Controller:
         """What the fetchers need, always in shape."""
         for child in (manifests.config_map(spec), manifests.fetcher_deployment(spec)):
             adopt(child)
-            await self.kube.apply(child)
+            await self.children.apply(child)
 
     async def _connections(self, spec: PipelineSpec, report: Report
                            ) -> Connections | None:  # fmt: skip
@@ -188,21 +209,26 @@ class Controller:
         found = await self.kube.get("Deployment", spec.namespace, manifests.writer_name(spec))
         current = int(((found or {}).get("spec") or {}).get("replicas") or 0)
         ready = int(((found or {}).get("status") or {}).get("readyReplicas") or 0)
-        new: dict[str, Any] = {}
+        # A depth is shown only as read by this tick: none read (the broker unreachable, no
+        # Secret, nothing migrated yet) is unknown, not the last reading gone stale.
+        new: dict[str, Any] = {"queueDepth": None, "depthSource": None}
         desired = current
         if image is None:
             desired = 0  # nothing migrated yet: no writer may run
         elif connections is not None:
-            desired, new = await self._scale(spec, annotations, current, report)
+            desired, reading = await self._scale(spec, annotations, current, report)
+            new.update(reading)
         writer = manifests.writer_deployment(spec, desired, image=image)
         adopt(writer)
-        await self.kube.apply(writer)
+        if found is None:
+            self.children.forget("Deployment", writer["metadata"]["name"])  # deleted by hand
+        await self.children.apply(writer)
         if desired != current and found is not None:
             new["lastScaleTime"] = timestamp(now_utc())
-            depth = f"queue depth {new.get('queueDepth', '?')}, {new.get('depthSource', '?')}"
+            depth = (f"queue depth {new['queueDepth']}, {new['depthSource']}"
+                     if new["queueDepth"] is not None else "queue depth unknown")  # fmt: skip
             self.post(("Normal", "ScaledWriters", f"writers {current} -> {desired} ({depth})"))
-        new["writers"] = {"current": desired, "ready": ready, "desired": desired,
-                          "summary": f"{ready}/{desired}"}  # fmt: skip
+        new["writers"] = writers_status(current=desired, ready=ready, desired=desired)
         return new
 
     async def _scale(self, spec: PipelineSpec, annotations: dict[str, str], current: int,
@@ -236,7 +262,7 @@ class Controller:
                      connections: Connections | None, report: Report, adopt: Adopt
                      ) -> list[dict[str, Any]]:  # fmt: skip
         """The feeds' CronJobs in shape; ``status.feeds``, and an Event per failed run."""
-        outcome = await feeds.step(self.kube, self.redis if connections else None, spec,
+        outcome = await feeds.step(self.children, self.redis if connections else None, spec,
                                    before, adopt)  # fmt: skip
         for event in outcome.events:
             self.post(event)

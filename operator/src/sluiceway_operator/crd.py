@@ -277,11 +277,14 @@ STATUS = _obj({
         "reason": {"type": "string"},
         "nextAttemptTime": {"type": "string", "format": "date-time"},
     }),
+    "writerImage": {"type": "string",
+                    "description": "the last writer image migrated: the one writers run"},
     "queueDepth": {"type": "integer"},
     "depthSource": {"type": "string", "enum": ["management-api", "passive-declare"]},
     "writers": _obj({
-        "current": {"type": "integer"},
-        "desired": {"type": "integer"},
+        "current": {"type": "integer", "description": "replicas the Deployment is set to"},
+        "ready": {"type": "integer", "description": "writer pods ready"},
+        "desired": {"type": "integer", "description": "writer pods the policy asks for"},
         "summary": {"type": "string"},
     }),
     "lastScaleTime": {"type": "string", "format": "date-time"},
@@ -313,9 +316,10 @@ STATUS = _obj({
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Depth", "type": "integer", "jsonPath": ".status.queueDepth",
-     "description": "records-queue messages, ready and unacked"},
+     "description": "records-queue messages, ready and unacked, at the last poll; "
+                    "none while the broker cannot be read"},
     {"name": "Writers", "type": "string", "jsonPath": ".status.writers.summary",
-     "description": "writer pods current/desired"},
+     "description": "writer pods ready/desired, as a Deployment's READY column"},
     {"name": "Migration", "type": "string", "jsonPath": ".status.migration.state"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]  # fmt: skip

@@ -26,7 +26,7 @@ import redis.exceptions
 from sluiceway_common import store
 from sluiceway_common.settings import mask
 from sluiceway_operator import manifests
-from sluiceway_operator.kube import Kube
+from sluiceway_operator.kube import Applied
 from sluiceway_operator.migration import Event, job_state
 from sluiceway_operator.spec import Feed, PipelineSpec
 
@@ -152,15 +152,16 @@ async def read_runs(client: aioredis.Redis | None, spec: PipelineSpec
     return {name: run for name, run in found.items() if name not in gone}, None
 
 
-async def step(kube: Kube, client: aioredis.Redis | None, spec: PipelineSpec,
+async def step(children: Applied, client: aioredis.Redis | None, spec: PipelineSpec,
                before: list[dict[str, Any]], adopt: Callable[[dict[str, Any]], None]
                ) -> Outcome:  # fmt: skip
     """Apply each feed's CronJob, delete those of feeds gone from the spec, and read back
     what they did (``before``: ``status.feeds`` as last written)."""
+    kube = children.kube
     for feed in spec.feeds:
         cronjob = manifests.feed_cronjob(spec, feed)
         adopt(cronjob)
-        await kube.apply(cronjob)
+        await children.apply(cronjob)
     events: list[Event] = []
     wanted = {manifests.feed_cronjob_name(spec, feed.name): feed for feed in spec.feeds}
     found: dict[str, dict[str, Any]] = {}
@@ -168,7 +169,7 @@ async def step(kube: Kube, client: aioredis.Redis | None, spec: PipelineSpec,
         name = cronjob["metadata"]["name"]
         if name in wanted:
             found[wanted[name].name] = cronjob
-        elif await kube.delete("CronJob", spec.namespace, name):
+        elif await children.delete("CronJob", spec.namespace, name):
             events.append(("Normal", "FeedRemoved", f"CronJob {name} deleted: its feed left "
                                                     "the spec"))  # fmt: skip
     runs, problem = await read_runs(client, spec)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,12 +60,27 @@ class Kept:
         """Put on kopf's ``patch`` the fields of ``status`` that the Pipeline, as last seen,
         does not have already (a field written but not seen yet is written again: the same
         value, harmless, where a patch kopf could not apply would otherwise stay lost).
-        True when ``status`` says something new."""
+        Each field *replaces* the one before: what the new value of an object lacks goes on
+        the patch as null (kopf's patch is a merge patch, which would keep it). True when
+        ``status`` says something new."""
         seen, known = body.status, self.status(body)
-        patch.status.update({key: value for key, value in status.items()
+        patch.status.update({key: replacing(value, seen.get(key), self.written.get(key))
+                             for key, value in status.items()
                              if seen.get(key) != value})  # fmt: skip
         self.written.update(status)
         return any(known.get(key) != value for key, value in status.items())
+
+
+def replacing(new: Any, *before: Any) -> Any:
+    """``new`` as a merge patch over any of ``before``: the keys of an object that ``new``
+    lacks, at any depth, set to null (a failed migration's ``reason`` gone once it
+    succeeded)."""
+    if not isinstance(new, Mapping):
+        return new
+    olds = [old for old in before if isinstance(old, Mapping)]
+    gone = {key: None for old in olds for key in old if key not in new}
+    return {**gone, **{key: replacing(value, *(old.get(key) for old in olds))
+                       for key, value in new.items()}}  # fmt: skip
 
 
 def poster(body: kopf.Body, logger: kopf.Logger) -> Callable[[Event], None]:

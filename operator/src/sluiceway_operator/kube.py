@@ -15,7 +15,9 @@ makes this client log in again and repeat the request once.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
@@ -26,6 +28,9 @@ from lightkube.resources.core_v1 import ConfigMap, Secret
 from lightkube.types import CascadeType, PatchType
 
 FIELD_MANAGER = "sluiceway-operator"
+# An unchanged child is applied again after this long, so that another manager's change to
+# it (or a child deleted by hand) is taken back without a write every poll.
+REAPPLY_SECONDS = 300.0
 # The kinds the operator reads or writes, by ``kind``.
 KINDS: dict[str, type[ConfigMap | Secret | Deployment | Job | CronJob]] = {
     "ConfigMap": ConfigMap,
@@ -117,3 +122,40 @@ class Kube:
                 return False
             raise
         return True
+
+
+@dataclass
+class Applied:
+    """One Pipeline's children as this operator last applied them, by kind and name: an
+    apply of the very manifest applied last, less than ``reapply`` seconds ago, is skipped
+    (an idle Pipeline writes nothing). In memory only: an operator restarted applies
+    everything once; an apply that fails is forgotten, and so is a child deleted."""
+
+    kube: Kube
+    clock: Callable[[], float]
+    reapply: float = REAPPLY_SECONDS
+    _last: dict[tuple[str, str], tuple[dict[str, Any], float]] = field(default_factory=dict)
+
+    async def apply(self, body: dict[str, Any]) -> bool:
+        """Apply ``body`` unless it is what was applied last; True when it was sent."""
+        key = (body["kind"], body["metadata"]["name"])
+        now = self.clock()
+        last = self._last.pop(key, None)
+        if last is not None and last[0] == body and now - last[1] < self.reapply:
+            self._last[key] = last
+            return False
+        await self.kube.apply(body)
+        self._last[key] = (copy.deepcopy(body), now)
+        return True
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """:meth:`Kube.delete`, and forget the child."""
+        self.forget(kind, name)
+        return await self.kube.delete(kind, namespace, name)
+
+    def forget(self, kind: str | None = None, name: str | None = None) -> None:
+        """Apply this child (by default: every child) at its next apply, changed or not."""
+        if kind is None:
+            self._last.clear()
+        else:
+            self._last.pop((kind, name or ""), None)

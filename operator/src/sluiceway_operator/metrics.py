@@ -29,8 +29,12 @@ class OperatorMetrics:
                status: dict[str, Any]) -> None:  # fmt: skip
         """Note a reconcile's new ``status`` (``before``: the one it replaced)."""
         labels = {"namespace": namespace, "pipeline": name}
-        if "queueDepth" in status:
+        if status.get("queueDepth") is not None:
             self.queue_depth.labels(**labels).set(status["queueDepth"])
+        elif "queueDepth" in status:
+            # Unknown: no series, rather than the last reading gone stale.
+            with contextlib.suppress(KeyError):
+                self.queue_depth.remove(namespace, name)
         writers = status.get("writers") or {}
         if writers:
             self.writers_desired.labels(**labels).set(writers.get("desired", 0))

@@ -26,3 +26,26 @@ def test_only_changed_fields_go_on_kopfs_patch_and_the_last_written_wins() -> No
     quiet = kopf.Patch()
     assert not kept.write(quiet, seen, {"phase": "Running", "queueDepth": 3})
     assert not quiet
+
+
+def test_a_field_written_replaces_the_one_before_keys_it_lacks_nulled() -> None:
+    # A failed migration, retried to success: the merge patch must drop what success lacks.
+    failed = {"image": "w:1", "job": "users-migrate-1", "attempts": 1, "state": "Failed",
+              "reason": "BackoffLimitExceeded",
+              "nextAttemptTime": "2026-01-01T00:00:30Z"}  # fmt: skip
+    body = kopf.Body({"status": {"migration": failed, "writerImage": "w:0"}})
+    kept = Kept(cast(Controller, None))
+    running = {"image": "w:1", "job": "users-migrate-1", "attempts": 2, "state": "Running"}
+    patch = kopf.Patch()
+    kept.write(patch, body, {"migration": running})
+    assert patch["status"]["migration"] == {**running, "reason": None, "nextAttemptTime": None}
+    # Not seen yet: the body still says Failed; success is written as a whole again.
+    done = {**running, "state": "Succeeded"}
+    again = kopf.Patch()
+    kept.write(again, body, {"migration": done, "writerImage": "w:1"})
+    assert again["status"]["migration"] == {**done, "reason": None, "nextAttemptTime": None}
+    assert kept.status(body)["migration"] == done
+    seen = kopf.Body({"status": {"migration": done, "writerImage": "w:1"}})
+    quiet = kopf.Patch()
+    assert not kept.write(quiet, seen, {"migration": done, "writerImage": "w:1"})
+    assert not quiet

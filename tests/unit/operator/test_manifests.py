@@ -247,3 +247,25 @@ def test_a_sink_the_writer_would_refuse_is_refused_with_the_reason(
             jsonschema.validate({"apiVersion": "sluiceway.io/v1alpha1", "kind": "Pipeline",
                                  "metadata": {"name": "p"}, "spec": minimal(sink=sink)},
                                 schema())  # fmt: skip
+
+
+def migration_resources(spec: dict[str, Any]) -> dict[str, Any]:
+    job = manifests.migration_job(parse("users", "data", spec))
+    found: dict[str, Any] = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    return found
+
+
+def test_the_migration_job_has_resources_a_resource_quota_admits() -> None:
+    # Nothing set anywhere: requests and limits of CPU and memory all the same.
+    assert migration_resources(minimal()) == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "500m", "memory": "256Mi"}}  # fmt: skip
+    # The writer's, as it gives them: the Job runs the writer's image on the same database.
+    writer = {"requests": {"cpu": "250m", "memory": "512Mi"},
+              "limits": {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "1Gi"}}  # fmt: skip
+    assert migration_resources(minimal(writer={"resources": writer})) == writer
+    # A resource the writer names at all is the writer's alone (a default limit under its
+    # request would be refused); one it does not name gets both defaults.
+    assert migration_resources(minimal(writer={"resources": {
+        "requests": {"memory": "1Gi"}}})) == {
+        "requests": {"cpu": "100m", "memory": "1Gi"}, "limits": {"cpu": "500m"}}  # fmt: skip
