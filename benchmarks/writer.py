@@ -217,11 +217,18 @@ async def depth(channel: AbstractChannel, queue: str) -> int:
     return int(result.message_count or 0)
 
 
-async def prefill(connection: AbstractConnection, queue: str, bodies: Iterator[bytes]) -> float:
-    """Publish ``bodies`` to ``queue`` with confirms kept in flight; return messages a second."""
+async def prefill(
+    connection: AbstractConnection,
+    queue: str,
+    bodies: Iterator[bytes],
+    content_encoding: str | None = None,
+) -> float:
+    """Publish ``bodies`` to ``queue`` with confirms kept in flight; return messages a second.
+    ``content_encoding`` marks them compressed (``zstd``), as the fetcher marks its packs."""
     channel = await connection.channel(publisher_confirms=True)
     try:
-        publisher = ConfirmedPublisher(channel, queue, window=PUBLISH_WINDOW)
+        properties = topology.persistent(b"", content_encoding=content_encoding).properties
+        publisher = ConfirmedPublisher(channel, queue, properties=properties, window=PUBLISH_WINDOW)
         started = time.perf_counter()
         for body in bodies:
             await publisher.publish(body)
