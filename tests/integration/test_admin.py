@@ -34,7 +34,12 @@ pytestmark = pytest.mark.integration
 
 
 def sluiceway(
-    services: ServiceUrls, database_url: str, pipeline: str, *args: str, stdin: bytes | None = None
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    *args: str,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": "/usr/bin:/bin",
@@ -42,6 +47,7 @@ def sluiceway(
         "SLUICEWAY_AMQP_URL": services.amqp,
         "SLUICEWAY_REDIS_URL": services.redis,
         "SLUICEWAY_PIPELINE": pipeline,
+        **(env or {}),
     }
     result = subprocess.run(
         [sys.executable, "-m", "sluiceway_common", *args],
