@@ -21,10 +21,9 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluiceway_common import codec, store, topology
+from sluiceway_common import codec, sink, store, topology
 from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.main import serve as serve_fetcher
-from sluiceway_writer import mapping
 from sluiceway_writer.config import WriterSettings
 from sluiceway_writer.main import serve as serve_writer
 
@@ -300,8 +299,8 @@ async def running_writer(
     config = WriterSettings(
         database_url, amqp_url, pipeline, batch_size, batch_timeout, batch_max_bytes,
         write_mode, merge_interval=0.1, metrics_port=metrics_port, log_level="INFO",
-        sink_table=mapping.table_name(sink_table), sink_key=sink_key,
-        sink_columns=mapping.column_map(json.dumps(sink_columns or {})),
+        sink_table=sink.table_name(sink_table), sink_key=sink_key,
+        sink_columns=sink.column_map(json.dumps(sink_columns or {})),
         sink_version=sink_version or None,
     )  # fmt: skip
     async with _serving(serve_writer(config, stop := asyncio.Event()), stop) as task:

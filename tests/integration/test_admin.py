@@ -34,7 +34,12 @@ pytestmark = pytest.mark.integration
 
 
 def sluiceway(
-    services: ServiceUrls, database_url: str, pipeline: str, *args: str, stdin: bytes | None = None
+    services: ServiceUrls,
+    database_url: str,
+    pipeline: str,
+    *args: str,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": "/usr/bin:/bin",
@@ -42,6 +47,7 @@ def sluiceway(
         "SLUICEWAY_AMQP_URL": services.amqp,
         "SLUICEWAY_REDIS_URL": services.redis,
         "SLUICEWAY_PIPELINE": pipeline,
+        **(env or {}),
     }
     result = subprocess.run(
         [sys.executable, "-m", "sluiceway_common", *args],
@@ -140,6 +146,39 @@ async def test_status_json_counts_queues_rows_and_failed(
     assert status["depth_source"].startswith("passive declare")
     text = sluiceway(services, database_url, pipeline, "status")
     assert "keys failed   2" in text.stdout
+
+
+async def test_status_counts_rows_landed_in_a_sink_table_all_of_them(
+    services: ServiceUrls, database_url: str, pipeline: str, db: Any
+) -> None:
+    table = f"sink_{pipeline.replace('-', '_')}"
+    env = {"SLUICEWAY_SINK_TABLE": f'public."{table}"', "SLUICEWAY_SINK_KEY": "id"}
+    result = sluiceway(services, database_url, pipeline, "status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (json.loads(result.stdout)["rows"], json.loads(result.stdout)["rows_table"]) == (
+        None, f'public."{table}"'
+    )  # fmt: skip
+    text = sluiceway(services, database_url, pipeline, "status", env=env).stdout
+    assert f'sink table public."{table}" missing: create it with your own migrations' in text
+    await db.execute(f'CREATE TABLE "{table}" (id bigint PRIMARY KEY)')
+    try:
+        await db.execute(f'INSERT INTO "{table}" SELECT generate_series(1, 1234)')
+        # The pipeline's rows in records are not the sink's.
+        await db.execute(
+            "INSERT INTO records (pipeline, key, payload, fetched_at) "
+            "VALUES ($1, 'k', '{}', now())",
+            pipeline,
+        )
+        result = sluiceway(services, database_url, pipeline, "status", "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        assert (status["rows"], status["rows_table"]) == (1234, f'public."{table}"')
+        text = sluiceway(services, database_url, pipeline, "status", env=env).stdout
+        assert f'rows landed   1,234 in public."{table}" (the whole table)' in text
+        plain = json.loads(sluiceway(services, database_url, pipeline, "status", "--json").stdout)
+        assert (plain["rows"], plain["rows_table"]) == (1, "records")
+    finally:
+        await db.execute(f'DROP TABLE "{table}"')
 
 
 async def test_failed_list_retry_clear(

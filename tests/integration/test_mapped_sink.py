@@ -20,9 +20,10 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractConnection
 
+from sluiceway_common import sink as sink_settings
 from sluiceway_common import topology
 from sluiceway_common.codec import Record
-from sluiceway_writer import mapping, schema
+from sluiceway_writer import schema
 from sluiceway_writer.sink import SERVER_SETTINGS, Sink, prepare_connection, sink_target
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import drain, eventually, publish, record, running_writer
@@ -63,7 +64,7 @@ CREATE TABLE {table} (
 @pytest.fixture
 async def sink_schema(db: asyncpg.Connection, pipeline: str) -> AsyncIterator[str]:
     """A schema of this test's own whose name needs quotes; the name as SQL writes it."""
-    quoted = mapping.quote(f"Analytics Data {pipeline}")
+    quoted = sink_settings.quote(f"Analytics Data {pipeline}")
     await db.execute(f"CREATE SCHEMA {quoted}")
     try:
         yield quoted
@@ -96,8 +97,8 @@ async def mapped_sink(
     version: str | None = "seen_at",
     key: str = "id",
 ) -> Sink:
-    sink = mapping.spec(
-        mapping.table_name(table), key, mapping.column_map(json.dumps(columns)), version
+    sink = sink_settings.spec(
+        sink_settings.table_name(table), key, sink_settings.column_map(json.dumps(columns)), version
     )
     assert sink is not None
     async with pool.acquire() as conn:
@@ -453,9 +454,9 @@ async def test_names_and_pointers_with_quotes_and_a_uuid_key(
     pool: asyncpg.Pool, pipeline: str, db: asyncpg.Connection, sink_schema: str
 ) -> None:
     odd = 'It\'s "odd"'
-    table = f"{sink_schema}.{mapping.quote(odd)}"
+    table = f"{sink_schema}.{sink_settings.quote(odd)}"
     await db.execute(
-        f"CREATE TABLE {table} (id uuid PRIMARY KEY, {mapping.quote(odd)} text, whole json)"
+        f"CREATE TABLE {table} (id uuid PRIMARY KEY, {sink_settings.quote(odd)} text, whole json)"
     )
     sink = await mapped_sink(pool, pipeline, table, {odd: "/payload/it's", "whole": ""}, None)
     key = "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"

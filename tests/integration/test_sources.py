@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
 from sluiceway_common import codec, store, topology
+from sluiceway_common.sink import quote
 from sluiceway_sample_api.data import is_missing, listed_key
 from sluiceway_sample_api.server import Behaviour, make_app
 from tests.conftest import ServiceUrls
@@ -177,6 +178,79 @@ async def test_a_stale_refresh_fetches_exactly_the_stale_keys_again_and_their_ro
         assert after[key] > before["fresh"] > before[key]
     again = sluiceway(services, database_url, pipeline, "enqueue", "--stale", "24h", "--dry-run")
     assert "0 keys would be queued" in again.stdout  # nothing is stale any more
+
+
+@pytest.fixture
+async def sink_schema(db: Any, pipeline: str) -> AsyncIterator[str]:
+    """A schema of this test's own whose name needs quotes, as SQL writes it."""
+    quoted = quote(f"Sink Data {pipeline}")
+    await db.execute(f"CREATE SCHEMA {quoted}")
+    try:
+        yield quoted
+    finally:
+        await db.execute(f"DROP SCHEMA {quoted} CASCADE")
+
+
+SINK_AGES = {1: "12 hours", 2: "25 hours", 3: "8 days", 4: "31 days", 9: "40 days", 10: "40 days"}
+
+
+@pytest.mark.parametrize("version_type", ["timestamptz", "timestamp"])
+async def test_stale_over_a_sink_reads_the_sink_tables_versions_oldest_first(
+    services: ServiceUrls, database_url: str, pipeline: str, db: Any, sink_schema: str,
+    amqp_connection: AbstractConnection, version_type: str,
+) -> None:  # fmt: skip
+    table = f'{sink_schema}."Users"'
+    await db.execute(f'CREATE TABLE {table} (id bigint PRIMARY KEY, "Seen At" {version_type}, '
+                     "login text)")  # fmt: skip
+    # A timestamp column holds fetched_at at UTC, as the writer writes it.
+    at = "now() - $2::text::interval"
+    at = at if version_type == "timestamptz" else f"({at}) AT TIME ZONE 'UTC'"
+    for key, age in SINK_AGES.items():
+        await db.execute(f'INSERT INTO {table} (id, "Seen At") VALUES ($1, {at})', key, age)
+    await db.execute(f"INSERT INTO {table} (id) VALUES (5)")  # no version: not known stale
+    # The pipeline's rows in records are not the sink's: they are not read.
+    await db.execute(
+        "INSERT INTO records (pipeline, key, payload, fetched_at) "
+        "VALUES ($1, 'in-records', '{}', now() - interval '90 days')",
+        pipeline,
+    )
+    env = {
+        "SLUICEWAY_SINK_TABLE": table,
+        "SLUICEWAY_SINK_KEY": "id",
+        "SLUICEWAY_SINK_COLUMNS": '{"Seen At": "/fetched_at", "login": "/payload/login"}',
+        "SLUICEWAY_SINK_VERSION": "Seen At",
+    }
+    # A zone far from UTC: a timestamp read in it would make the 12-hour-old row 26 hours old.
+    far = f"{database_url}?timezone=Pacific/Kiritimati"
+    result = sluiceway(services, far, pipeline, "enqueue", "--stale", "24h", env=env)
+    assert result.returncode == 0, result.stderr
+    # Stalest first, ties in the key column's order (9 before 10: bigint, not text).
+    assert await queued(amqp_connection, pipeline) == ["9", "10", "4", "3", "2"]
+    again = ("enqueue", "--stale", "7d", "--limit", "2", "--force")
+    result = sluiceway(services, far, pipeline, *again, env=env)
+    assert result.returncode == 0, result.stderr
+    assert await queued(amqp_connection, pipeline) == ["9", "10"]
+
+
+async def test_stale_over_a_sink_needs_its_version_and_its_table(
+    services: ServiceUrls, database_url: str, pipeline: str, sink_schema: str
+) -> None:
+    env = {"SLUICEWAY_SINK_TABLE": f"{sink_schema}.users", "SLUICEWAY_SINK_KEY": "id",
+           "SLUICEWAY_SINK_COLUMNS": '{"login": "/payload/login"}'}  # fmt: skip
+    result = sluiceway(services, database_url, pipeline, "enqueue", "--stale", "1d", env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"sluiceway enqueue: SLUICEWAY_SINK_VERSION is empty: --stale reads the sink table "
+        f"{sink_schema}.users (SLUICEWAY_SINK_TABLE), and only its version column"
+    ), result.stderr
+    env |= {"SLUICEWAY_SINK_COLUMNS": '{"seen_at": "/fetched_at"}',
+            "SLUICEWAY_SINK_VERSION": "seen_at"}  # fmt: skip
+    result = sluiceway(services, database_url, pipeline, "enqueue", "--stale", "1d", env=env)
+    assert result.returncode == 1
+    schema = sink_schema.strip('"')
+    assert f'--stale: the query is refused: relation "{schema}.users" does not exist' in (
+        result.stderr
+    ), result.stderr
 
 
 async def test_dry_run_counts_and_shows_and_queues_nothing(

@@ -117,6 +117,16 @@ def _env(**values: object) -> list[dict[str, Any]]:
     return [{"name": f"SLUICEWAY_{key}", "value": str(value)} for key, value in values.items()]
 
 
+def _sink_env(spec: PipelineSpec) -> list[dict[str, Any]]:
+    """The sink's SLUICEWAY_SINK_* settings, for the writers and the stale feeds; none
+    without a sink."""
+    if spec.sink is None:
+        return []
+    return _env(SINK_TABLE=spec.sink.table, SINK_KEY=spec.sink.key,
+                SINK_COLUMNS=json.dumps(dict(spec.sink.columns), sort_keys=True),
+                SINK_VERSION=spec.sink.version or "")  # fmt: skip
+
+
 def _container(spec: PipelineSpec, name: str, image: Image, args: list[str],
                env: list[dict[str, Any]], resources: Resources) -> dict[str, Any]:  # fmt: skip
     container: dict[str, Any] = {
@@ -224,11 +234,8 @@ def writer_deployment(spec: PipelineSpec, replicas: int, image: str | None = Non
         *_connections(spec, "AMQP_URL", "DATABASE_URL"),
         *_env(PIPELINE=spec.pipeline, BATCH_SIZE=spec.writer.batch_size,
               BATCH_TIMEOUT=plain(spec.writer.batch_timeout), WRITE_MODE=spec.writer.write_mode),
+        *_sink_env(spec),
     ]  # fmt: skip
-    if spec.sink is not None:
-        env += _env(SINK_TABLE=spec.sink.table, SINK_KEY=spec.sink.key,
-                    SINK_COLUMNS=json.dumps(dict(spec.sink.columns), sort_keys=True),
-                    SINK_VERSION=spec.sink.version or "")  # fmt: skip
     container = _served(_container(spec, "writer", spec.writer.image, ["writer"], env,
                                    spec.writer.resources))  # fmt: skip
     if image is not None:
@@ -293,7 +300,9 @@ def _feed_source(spec: PipelineSpec, feed: Feed
         return [f"--sql={source.query}"], env, ()
     if isinstance(source, Stale):
         limit = [] if source.limit is None else [f"--limit={source.limit}"]
-        return [f"--stale={source.age}", *limit], _connections(spec, "DATABASE_URL"), ()
+        # With a sink the stale rows are the sink table's: the run reads its settings.
+        env = [*_connections(spec, "DATABASE_URL"), *_sink_env(spec)]
+        return [f"--stale={source.age}", *limit], env, ()
     if isinstance(source, Http):
         flags = (("--items", source.items), ("--key", source.key), ("--next", source.next),
                  ("--cursor-param", source.cursor_param))  # fmt: skip

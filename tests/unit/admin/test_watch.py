@@ -7,6 +7,7 @@ import io
 import pytest
 
 from sluiceway_admin.reading import Status
+from sluiceway_admin.status import render as show
 from sluiceway_admin.watch import History, Screen, document, duration, render, trend
 from sluiceway_common.topology import QueueDepth, Queues
 
@@ -23,6 +24,7 @@ def status(
     buffered: int = 0,
     writers: int = 1,
     in_flight: int = 0,
+    rows_table: str = "records",
 ) -> Status:
     return Status(
         "p",
@@ -36,6 +38,7 @@ def status(
         buffered,
         retrying,
         in_flight,
+        rows_table,
     )
 
 
@@ -122,6 +125,24 @@ def test_the_json_document_names_its_sources_and_carries_rates_with_a_trend() ->
     }  # fmt: skip
     assert doc["eta_seconds"] == 12
     assert "rates" not in document(later)
+
+
+def test_rows_landed_in_a_sink_table_name_it_and_say_they_are_all_its_rows() -> None:
+    landed = status(rows=1400, rows_table='"Analytics Data".users')
+    assert render(landed, None).splitlines()[6].split()[:3] == ["rows", "landed", "1,400"]
+    assert 'in "Analytics Data".users, the whole table' in render(landed, None)
+    assert document(landed)["rows"] == 1400
+    assert document(landed)["rows_table"] == '"Analytics Data".users'
+    assert document(status())["rows_table"] == "records"
+    missing = render(status(rows=None, rows_table="users"), None)
+    assert "in users missing: create it" in missing
+    assert "sluiceway migrate" not in missing
+    assert '  rows landed   1,400 in "Analytics Data".users (the whole table)' in (
+        show(landed).splitlines()
+    )
+    assert "sink table users missing: create it with your own migrations" in show(
+        status(rows=None, rows_table="users")
+    )
 
 
 class Terminal(io.StringIO):

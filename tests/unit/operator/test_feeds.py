@@ -11,9 +11,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
+from sluiceway_common import settings, sink
 from sluiceway_operator import crd, feeds, manifests
 from sluiceway_operator.spec import InvalidSpec, parse
-from tests.unit.operator.test_manifests import NEWEST, OLDEST, minimal, schema
+from tests.unit.operator.test_manifests import NEWEST, OLDEST, SINK, minimal, schema
 
 # The example, one feed of each source.
 FEEDS: list[dict[str, Any]] = [
@@ -267,6 +268,28 @@ def test_a_keys_feed_mounts_its_configmap_key_read_only() -> None:
                  if m["name"] == manifests.KEYS_VOLUME)  # fmt: skip
     assert mount == {"name": "keys", "mountPath": manifests.KEYS_DIR, "readOnly": True}
     assert container(seed)["args"][-1] == f"{manifests.KEYS_DIR}/keys"
+
+
+def test_a_stale_feed_over_a_sink_reads_the_sink_settings_the_writers_get() -> None:
+    def sink_env(variables: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in variables.items() if k.startswith("SLUICEWAY_SINK_")}
+
+    jobs = cronjobs(pipeline(sink=SINK))
+    writer = manifests.writer_deployment(parse("users", "data", pipeline(sink=SINK)), 1)
+    writer_env = {e["name"]: e.get("value") for e in
+                  writer["spec"]["template"]["spec"]["containers"][0]["env"]}  # fmt: skip
+    refresh = sink_env(env(jobs["refresh"]))
+    assert refresh == sink_env(writer_env)
+    assert set(refresh) == {option.env for option in sink.OPTIONS}
+    # enqueue --stale takes them as the spec meant them: the table, its key and version.
+    values = settings.resolve(None, sink.OPTIONS, environ={k: v for k, v in refresh.items() if v})
+    found = sink.configured(values)
+    assert found is not None
+    assert (found.table.quoted, found.key, found.version) == ('"Analytics Data"."users"', "id",
+                                                              "seen_at")  # fmt: skip
+    # The other sources read no sink, and without one a stale feed reads records.
+    assert not [name for name, job in jobs.items() if name != "refresh" and sink_env(env(job))]
+    assert not sink_env(env(cronjobs(pipeline())["refresh"]))
 
 
 def test_the_admin_image_can_be_given_and_long_names_fit_a_cronjob() -> None:

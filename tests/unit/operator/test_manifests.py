@@ -12,10 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sluiceway_common import settings
+from sluiceway_common import settings, sink
 from sluiceway_operator import crd, manifests
 from sluiceway_operator.spec import InvalidSpec, parse
-from sluiceway_writer import config
 
 ROOT = Path(__file__).resolve().parents[3]
 # The oldest Kubernetes sluiceway supports, and the newest the schemas know.
@@ -207,9 +206,8 @@ def test_a_sink_reaches_the_writers_as_their_sink_settings_and_nothing_else() ->
     assert env["SLUICEWAY_SINK_KEY"] == "id"
     assert json.loads(env["SLUICEWAY_SINK_COLUMNS"]) == SINK["columns"]
     assert env["SLUICEWAY_SINK_VERSION"] == "seen_at"
-    # The writer's own parsers take them as the spec meant them.
-    options = (config.SINK_TABLE, config.SINK_KEY, config.SINK_COLUMNS, config.SINK_VERSION)
-    values = settings.resolve(None, options, environ={k: v for k, v in env.items() if v})
+    # The sink's own parsers (the writer's and the admin's) take them as the spec meant them.
+    values = settings.resolve(None, sink.OPTIONS, environ={k: v for k, v in env.items() if v})
     assert values["sink_columns"] == {"login": ("payload", "login"), "a~b": ("payload", "a~b"),
                                       "seen_at": ("fetched_at",)}  # fmt: skip
     assert (values["sink_key"], values["sink_version"]) == ("id", "seen_at")

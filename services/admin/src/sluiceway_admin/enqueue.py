@@ -32,7 +32,7 @@ from sluiceway_admin.sources import (
     sql_keys,
     stale_keys,
 )
-from sluiceway_common import amqp, codec, logs, settings, store, topology
+from sluiceway_common import amqp, codec, logs, settings, sink, store, topology
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import StartupError, reach
 from sluiceway_common.publisher import ConfirmedPublisher
@@ -224,7 +224,7 @@ OPTIONS = (
 # What each source reads besides: a run resolves (and keeps secret) only what it uses, so a
 # file run neither needs nor refuses a database setting.
 SOURCE_OPTIONS = {"file": (), "sql": (settings.DATABASE_URL, SQL_URL),
-                  "stale": (settings.DATABASE_URL,),
+                  "stale": (settings.DATABASE_URL, *sink.OPTIONS),
                   "http": (settings.SOURCE_HEADERS, settings.RATE_LIMIT,
                            settings.MAX_ATTEMPTS, settings.REQUEST_TIMEOUT)}  # fmt: skip
 # The flags that shape a --http listing, and only that.
@@ -252,7 +252,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "SLUICEWAY_DATABASE_URL")  # fmt: skip
     parser.add_argument("--stale", metavar="AGE", type=stale_age,
                         help="the pipeline's keys whose row was fetched longer than AGE ago "
-                        "(90s, 30m, 24h, 7d), oldest first")  # fmt: skip
+                        "(90s, 30m, 24h, 7d), oldest first; with SLUICEWAY_SINK_TABLE, the "
+                        "sink table's keys whose SLUICEWAY_SINK_VERSION is that old")  # fmt: skip
     parser.add_argument("--limit", metavar="N", type=positive,
                         help="--stale: the N stalest only")  # fmt: skip
     parser.add_argument("--http", metavar="URL",
@@ -313,6 +314,20 @@ def chosen_source(args: argparse.Namespace) -> str:
     return given[0]
 
 
+def stale_sink(values: dict[str, Any]) -> sink.SinkSpec | None:
+    """The sink ``--stale`` reads instead of ``records``, if the settings name one; it needs
+    the version column, the only one that says when a row was fetched."""
+    found = sink.configured(values)
+    if found is not None and found.version is None:
+        raise ConfigError(
+            f"SLUICEWAY_SINK_VERSION is empty: --stale reads the sink table "
+            f"{found.table.written} (SLUICEWAY_SINK_TABLE), and only its version column "
+            "(mapped to /fetched_at) says when a row was fetched; set it, or leave the table "
+            "empty to read records"
+        )
+    return found
+
+
 def http_listing(args: argparse.Namespace) -> Listing:
     """The listing ``--http`` and its flags describe."""
     try:
@@ -337,6 +352,8 @@ def run(args: argparse.Namespace) -> int:
     kind = chosen_source(args)
     options = (*SOURCE_OPTIONS[kind], *OPTIONS)
     values = settings.resolve(args, options)
+    if kind == "stale":
+        values["sink"] = stale_sink(values)
     logs.setup(values["log_level"], secrets=settings.secret_values(options, values))
     started = datetime.now(UTC)
     tally = Tally()
@@ -389,7 +406,8 @@ def read(
             where, source = "--sql", sql_keys(url, args.sql, skipped)
         elif kind == "stale":
             url = values["database_url"]
-            where, source = "--stale", stale_keys(url, values["pipeline"], args.stale, args.limit)
+            stale = stale_keys(url, values["pipeline"], args.stale, args.limit, values["sink"])
+            where, source = "--stale", stale
         else:
             requests = Requests(values["redis_url"], values["pipeline"], values["source_headers"],
                                 values["rate_limit"], values["max_attempts"],

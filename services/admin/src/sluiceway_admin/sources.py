@@ -7,7 +7,7 @@ way (:func:`check_key`) before it may reach a URL.
 * the first column of a SQL query's rows (:func:`sql_keys`), read-only, through a server-side
   cursor;
 * the pipeline's own keys whose row is older than an age, oldest first (:func:`stale_keys`):
-  the refresh schedule.
+  the refresh schedule; read from ``records``, or with a sink from the sink table.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import BinaryIO
 import asyncpg
 
 from sluiceway_common.lifecycle import reach
+from sluiceway_common.sink import SinkSpec, quote
 
 Chunk = list[tuple[int, str]]  # (place in the source, key)
 
@@ -98,19 +99,20 @@ def _line_key(raw: bytes, number: int) -> str:
     return check_key(key, f"line {number}") if key else ""
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 async def query_keys(
-    url: str, query: str, *args: object, skipped: Skipped | None = None, cast: bool = True
+    url: str,
+    query: str,
+    *args: object,
+    skipped: Skipped | None = None,
+    cast: bool = True,
+    server_settings: dict[str, str] | None = None,
 ) -> AsyncIterator[Chunk]:
     """The first column of ``query``'s rows, in a read-only transaction through a server-side
     cursor; NULL and empty values are skipped. With ``cast`` the column is cast to text by
     PostgreSQL (the query is wrapped for that); without, it must be text already."""
     skipped = skipped or Skipped()
     query = query.strip().rstrip(";").strip()
-    conn = await reach("PostgreSQL", url, asyncpg.connect(url))
+    conn = await reach("PostgreSQL", url, asyncpg.connect(url, server_settings=server_settings))
     try:
         async with conn.transaction(readonly=True):
             try:
@@ -125,7 +127,7 @@ async def query_keys(
             if cast:
                 # A CTE takes any statement, so a data-modifying one meets the transaction's
                 # READ ONLY rather than a syntax error.
-                query = f"WITH q AS ({query}) SELECT q.{quote_ident(first)}::text FROM q"
+                query = f"WITH q AS ({query}) SELECT q.{quote(first)}::text FROM q"
             # ROWS a fetch rather than iterating the cursor, which costs a coroutine step and
             # a connection check a row: half the source's CPU (1,000,000 rows, --dry-run).
             cursor = await conn.cursor(query, *args)
@@ -157,9 +159,31 @@ STALE = (
 )
 
 
-def stale_keys(url: str, pipeline: str, age: float, limit: int | None) -> AsyncIterator[Chunk]:
-    """``--stale AGE``: the pipeline's keys fetched longer than ``age`` seconds ago."""
-    return query_keys(url, STALE, pipeline, age, limit, cast=False)
+# With a sink, its version column says when each row was fetched: the whole table is read
+# (it has no pipeline column), stalest first, $2 at most; an index on the version serves it.
+STALE_SINK = (
+    "SELECT {key}::text FROM {table} WHERE {version} < now() - make_interval(secs => $1)"
+    " ORDER BY {version}, {key} LIMIT $2"
+)
+# A version column of type timestamp holds fetched_at at UTC (the writer's sessions write it
+# so), so now() is compared with it at UTC too, whatever the server's own zone; a key column
+# of a time type is read back as the writer cast it.
+UTC = {"TimeZone": "UTC"}
+
+
+def stale_keys(
+    url: str, pipeline: str, age: float, limit: int | None, sink: SinkSpec | None = None
+) -> AsyncIterator[Chunk]:
+    """``--stale AGE``: the pipeline's keys fetched longer than ``age`` seconds ago; with a
+    ``sink`` (which must have a version column), the sink table's."""
+    if sink is None:
+        return query_keys(url, STALE, pipeline, age, limit, cast=False)
+    if sink.version is None:
+        raise ValueError("a sink without a version column does not say when a row was fetched")
+    query = STALE_SINK.format(
+        key=quote(sink.key), table=sink.table.quoted, version=quote(sink.version)
+    )
+    return query_keys(url, query, age, limit, cast=False, server_settings=UTC)
 
 
 def parse_age(text: str) -> float:

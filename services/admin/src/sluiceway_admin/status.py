@@ -15,12 +15,13 @@ import orjson
 
 from sluiceway_admin import watch as view
 from sluiceway_admin.reading import READ_ERRORS, READ_TIMEOUT, Status, StatusReader, collect
-from sluiceway_common import logs, settings
+from sluiceway_common import logs, settings, sink
 from sluiceway_common.cli import Command
 
+# With a sink, rows landed are counted in the sink table.
 OPTIONS = (
     settings.DATABASE_URL, settings.AMQP_URL, settings.REDIS_URL, settings.PIPELINE,
-    settings.LOG_LEVEL,
+    *sink.OPTIONS, settings.LOG_LEVEL,
 )  # fmt: skip
 
 
@@ -29,7 +30,12 @@ def render(status: Status) -> str:
     for q in status.queues:
         state = f"{q.ready:>10,} ready  {q.consumers} consumers" if q.exists else "  (absent)"
         lines.append(f"  {q.name:<48}{state}")
-    rows = "table missing: run `sluiceway migrate`" if status.rows is None else f"{status.rows:,}"
+    if status.rows is None:
+        rows = (f"sink table {status.rows_table} missing: create it with your own migrations"
+                if status.sink else "table missing: run `sluiceway migrate`")  # fmt: skip
+    else:
+        rows = f"{status.rows:,}"
+        rows += f" in {status.rows_table} (the whole table)" if status.sink else ""
     lines.append(f"  rows landed   {rows}")
     if status.buffered:
         lines.append(f"  rows buffered {status.buffered:,} (waiting for the merger)")
@@ -88,6 +94,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     values = settings.resolve(args, OPTIONS)
     logs.setup(values.pop("log_level"), secrets=settings.secret_values(OPTIONS, values))
+    found = sink.configured(values)
+    for option in sink.OPTIONS:
+        del values[option.dest]
+    values["sink"] = None if found is None else found.table
     if not 0.1 <= args.interval <= 3600:
         raise settings.ConfigError(
             f"--interval={args.interval!r} is not allowed: expected seconds from 0.1 to 3600"

@@ -114,6 +114,13 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _rows_note(status: Status) -> str:
+    if status.sink:
+        missing = " missing: create it" if status.rows is None else ", the whole table"
+        return f"in {status.rows_table}{missing}"
+    return "run `sluiceway migrate`" if status.rows is None else ""
+
+
 def render(
     status: Status, trend: Trend | None, *, clock: str = "", expected: int | None = None
 ) -> str:
@@ -138,10 +145,7 @@ def render(
             _plural(consumers.get(records, 0), "writer"),
         ),
         _row("dead letters", f"{status.depth(dead):,}"),
-        _row(
-            "rows landed", rows, _rate(t.write_rate if t else None),
-            "run `sluiceway migrate`" if status.rows is None else "",
-        ),
+        _row("rows landed", rows, _rate(t.write_rate if t else None), _rows_note(status)),
     ]  # fmt: skip
     if status.buffered:
         lines.append(_row("rows buffered", f"{status.buffered:,}", "", "waiting for the merger"))

@@ -7,9 +7,16 @@ from dataclasses import dataclass
 
 from sluiceway_common import settings
 from sluiceway_common.pointer import Pointer
-from sluiceway_common.settings import ConfigError, setting
-from sluiceway_writer import mapping
-from sluiceway_writer.mapping import SinkSpec, TableName
+from sluiceway_common.settings import setting
+from sluiceway_common.sink import (
+    SINK_COLUMNS,
+    SINK_KEY,
+    SINK_TABLE,
+    SINK_VERSION,
+    SinkSpec,
+    TableName,
+    configured,
+)
 from sluiceway_writer.sink import WRITE_MODES
 
 BATCH_MAX_BYTES = settings.Option(
@@ -42,41 +49,6 @@ MERGE_INTERVAL = settings.Option(
     default="0.5",
 )
 
-# The sink (see mapping.py): the user's own table, in place of records.
-SINK_TABLE = settings.Option(
-    "SLUICEWAY_SINK_TABLE",
-    mapping.table_name,
-    "land records in this table of yours instead of records; it must exist",
-    allowed="a table name as in SQL, schema-qualified or not (users, analytics.users, "
-    '"Analytics Data".users), or empty for records',
-    default="",
-)
-SINK_KEY = settings.Option(
-    "SLUICEWAY_SINK_KEY",
-    mapping.column_name,
-    "the sink table's column the record's key goes to; unique on its own (the upsert's "
-    "conflict target)",
-    allowed="a column's name, exactly as the table has it",
-    default="key",
-)
-SINK_COLUMNS = settings.Option(
-    "SLUICEWAY_SINK_COLUMNS",
-    mapping.column_map,
-    "the sink table's columns and what each gets: a JSON pointer into the record "
-    '{"key", "payload", "fetched_at"}',
-    allowed='a JSON object of column names to JSON pointers, e.g. {"login": "/payload/login", '
-    '"seen_at": "/fetched_at"}',
-    default="{}",
-)
-SINK_VERSION = settings.Option(
-    "SLUICEWAY_SINK_VERSION",
-    mapping.optional_column_name,
-    "a mapped column holding /fetched_at: a row is updated only by a newer fetch; empty: "
-    "the last record written wins",
-    allowed="the name of a column SLUICEWAY_SINK_COLUMNS maps to /fetched_at, or empty",
-    default="",
-)
-
 
 @dataclass(frozen=True)
 class WriterSettings(settings.Settings):
@@ -96,12 +68,9 @@ class WriterSettings(settings.Settings):
     sink_version: str | None = setting(SINK_VERSION)
 
     def __post_init__(self) -> None:
-        try:
-            self.sink  # noqa: B018 -- the sink settings are checked against each other
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self.sink  # noqa: B018 -- the sink settings are checked against each other
 
     @property
     def sink(self) -> SinkSpec | None:
         """The sink table the settings name, ``None`` for ``records``."""
-        return mapping.spec(self.sink_table, self.sink_key, self.sink_columns, self.sink_version)
+        return configured(vars(self))

@@ -1,164 +1,26 @@
-"""A *sink*: the user's own typed table that records land in, instead of ``records``.
-
-The *mapping* says what goes where. The record's key goes to the *key column*, the upsert's
-conflict target, cast to the column's type. Each *mapped column* gets what its JSON pointer
-(RFC 6901) finds in the record object ``{"key", "payload", "fetched_at"}``: nothing found,
-or a JSON null, is NULL; a scalar goes in as its text, cast by PostgreSQL to the column's
-type; an object or array goes into a json or jsonb column as JSON, into a text column as
-JSON text. An optional *version column*, mapped to ``/fetched_at``, makes the newest fetch
-win; without one the last record written wins.
-
-All of it is pure: parsing the four settings, judging the table by the catalog's facts
-(:func:`plan`; ``schema.read_table`` reads them) and writing the upsert
-(:meth:`MappedTable.upsert`), which reads staged or buffered records
-(``key, payload, fetched_at``) and is generated once, at start. Settings reach the SQL only
-as quoted identifiers and string literals, and the types only as the catalog spells them.
+"""The writer's side of a *sink* (the vocabulary and the four settings are
+:mod:`sluiceway_common.sink`): judging the table by the catalog's facts (:func:`plan`;
+``schema.read_table`` reads them) and writing the upsert (:meth:`MappedTable.upsert`), which
+reads staged or buffered records (``key, payload, fetched_at``) and is generated once, at
+start. All of it is pure. Settings reach the SQL only as quoted identifiers and string
+literals, and the types only as the catalog spells them.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sluiceway_common import pointer
-from sluiceway_common.settings import Refused
+from sluiceway_common.sink import SinkSpec, quote
 
-RECORD_FIELDS = ("key", "payload", "fetched_at")
 JSON_TYPES = {"json", "jsonb"}
 TIMESTAMP_TYPES = {"timestamp with time zone", "timestamp without time zone"}
-# A name as SQL writes it: "quoted" (a quote doubled inside) keeps case and spaces; bare, it
-# is folded to lower case, as PostgreSQL folds it.
-IDENTIFIER = r'"(?:[^"\0]|"")+"|[A-Za-z_][A-Za-z0-9_$]*'
-TABLE_NAME = re.compile(rf"({IDENTIFIER})(?:\.({IDENTIFIER}))?")
 TARGET = "sluiceway_row"  # the upsert's alias for the table's row; the source is "s"
 
 
 class Unfit(Exception):
     """The sink table cannot take the mapping; the message names the table and why."""
-
-
-# --- the settings ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TableName:
-    """``SLUICEWAY_SINK_TABLE``: the schema (``None``: the first on the search path that
-    holds the table) and the table, unquoted; ``written`` as the setting wrote it."""
-
-    schema: str | None
-    name: str
-    written: str
-
-
-def _identifier(text: str) -> str:
-    return text[1:-1].replace('""', '"') if text.startswith('"') else text.lower()
-
-
-def table_name(text: str) -> TableName | None:
-    """Parse ``SLUICEWAY_SINK_TABLE``; empty is ``None`` (land in ``records``)."""
-    text = text.strip()
-    if not text:
-        return None
-    found = TABLE_NAME.fullmatch(text)
-    if found is None:
-        raise Refused('write a name as in SQL: users, analytics.users, "Analytics Data".users')
-    first, second = found.groups()
-    if second is None:
-        return TableName(None, _identifier(first), text)
-    return TableName(_identifier(first), _identifier(second), text)
-
-
-def column_name(text: str) -> str:
-    """A column's name, exactly (case and spaces kept, no quotes)."""
-    if not text or "\0" in text:
-        raise Refused("a column's name: not empty, no NUL character")
-    return text
-
-
-def optional_column_name(text: str) -> str | None:
-    return column_name(text) if text else None
-
-
-def _unique_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    names = [name for name, _ in pairs]
-    if len(set(names)) != len(names):
-        raise Refused("a column is mapped twice")
-    return dict(pairs)
-
-
-def column_map(text: str) -> dict[str, pointer.Pointer]:
-    """Parse ``SLUICEWAY_SINK_COLUMNS``: a JSON object of column names to JSON pointers into
-    the record object, kept in the order written."""
-    try:
-        found = json.loads(text, object_pairs_hook=_unique_object)
-    except Refused:
-        raise
-    except ValueError:
-        raise Refused("not JSON") from None
-    if not isinstance(found, dict):
-        raise Refused("not a JSON object")
-    columns: dict[str, pointer.Pointer] = {}
-    for name, spelled in found.items():
-        column_name(name)
-        if not isinstance(spelled, str):
-            raise Refused(f"the pointer of {name} is not a string")
-        try:
-            tokens = pointer.parse(spelled)
-        except ValueError as exc:
-            raise Refused(f"{name}: {exc}") from None
-        if tokens and tokens[0] not in RECORD_FIELDS:
-            raise Refused(f"{name}: {spelled} is outside the record (/key, /payload, /fetched_at)")
-        if tokens[:1] in {("key",), ("fetched_at",)} and len(tokens) > 1:
-            raise Refused(f"{name}: {spelled} points inside a string")
-        if any("\0" in token for token in tokens):
-            raise Refused(f"{name}: a NUL character in the pointer")
-        columns[name] = tokens
-    return columns
-
-
-@dataclass(frozen=True)
-class SinkSpec:
-    """The four sink settings, checked against each other (:func:`spec`)."""
-
-    table: TableName
-    key: str
-    columns: Mapping[str, pointer.Pointer]
-    version: str | None
-
-
-def spec(
-    table: TableName | None,
-    key: str,
-    columns: Mapping[str, pointer.Pointer],
-    version: str | None,
-) -> SinkSpec | None:
-    """The sink the settings describe, ``None`` for ``records``; a ValueError whose message
-    is the one line to print when they contradict each other."""
-    if table is None:
-        given = {"SLUICEWAY_SINK_COLUMNS": columns, "SLUICEWAY_SINK_VERSION": version}
-        for env, value in given.items():
-            if value:
-                raise ValueError(f"{env} is set but SLUICEWAY_SINK_TABLE is empty: set the table")
-        return None
-    if key in columns:
-        raise ValueError(
-            f"SLUICEWAY_SINK_COLUMNS maps {key!r}, the key column (SLUICEWAY_SINK_KEY): "
-            "the key goes there already; leave it out"
-        )
-    if version is not None:
-        if version not in columns:
-            raise ValueError(
-                f"SLUICEWAY_SINK_VERSION={version!r} is not allowed: expected one of the "
-                f"columns SLUICEWAY_SINK_COLUMNS maps, with pointer /fetched_at"
-            )
-        if columns[version] != ("fetched_at",):
-            raise ValueError(
-                f"SLUICEWAY_SINK_VERSION={version!r} is not allowed: SLUICEWAY_SINK_COLUMNS "
-                f"maps it to {pointer.spelled(columns[version])!r}; the version is /fetched_at"
-            )
-    return SinkSpec(table, key, dict(columns), version)
 
 
 # --- the table, as the catalog describes it ---------------------------------------------
@@ -192,12 +54,6 @@ class TableFacts:
 
 
 KINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
-
-
-def quote(name: str) -> str:
-    """``name`` as a quoted SQL identifier. (Hand-written: asyncpg keeps its quoting private,
-    and this one line is all of it.)"""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def literal(text: str) -> str:

@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from sluiceway_common.sink import SinkSpec, TableName
 from sluiceway_writer import mapping
 
 
@@ -121,9 +122,7 @@ GROUP BY i.indexrelid
 """
 
 
-async def read_table(
-    conn: asyncpg.Connection, name: mapping.TableName
-) -> mapping.TableFacts | None:
+async def read_table(conn: asyncpg.Connection, name: TableName) -> mapping.TableFacts | None:
     """What the catalog says of the sink table ``name``; ``None`` when there is none."""
     table = await conn.fetchrow(SINK_TABLE, name.schema, name.name)
     if table is None:
@@ -143,7 +142,7 @@ async def read_table(
     )
 
 
-async def check_sink(conn: asyncpg.Connection, sink: mapping.SinkSpec) -> mapping.MappedTable:
+async def check_sink(conn: asyncpg.Connection, sink: SinkSpec) -> mapping.MappedTable:
     """The sink table, checked: :class:`SchemaError` saying all that is wrong with it."""
     try:
         return mapping.plan(sink, await read_table(conn, sink.table))
