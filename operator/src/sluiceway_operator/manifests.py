@@ -12,7 +12,6 @@ enqueue`` from the admin image. Each gets the Pipeline as its owner when it is a
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from typing import Any
 
@@ -122,9 +121,7 @@ def _sink_env(spec: PipelineSpec) -> list[dict[str, Any]]:
     without a sink."""
     if spec.sink is None:
         return []
-    return _env(SINK_TABLE=spec.sink.table, SINK_KEY=spec.sink.key,
-                SINK_COLUMNS=json.dumps(dict(spec.sink.columns), sort_keys=True),
-                SINK_VERSION=spec.sink.version or "")  # fmt: skip
+    return [{"name": name, "value": value} for name, value in spec.sink.settings().items()]
 
 
 def _container(spec: PipelineSpec, name: str, image: Image, args: list[str],

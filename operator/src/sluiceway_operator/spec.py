@@ -7,10 +7,13 @@ is checked here, and a Pipeline that fails gets phase ``Failed`` with the reason
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sluiceway_common import settings, sink
+from sluiceway_common.settings import ConfigError
 from sluiceway_operator import crd
 
 
@@ -117,6 +120,15 @@ class Sink:
     columns: tuple[tuple[str, str], ...]
     version: str | None
 
+    def settings(self) -> dict[str, str]:
+        """The writers' settings it stands for (``SLUICEWAY_SINK_*``), as their env."""
+        return {
+            sink.SINK_TABLE.env: self.table,
+            sink.SINK_KEY.env: self.key,
+            sink.SINK_COLUMNS.env: json.dumps(dict(self.columns), sort_keys=True),
+            sink.SINK_VERSION.env: self.version or "",
+        }
+
 
 @dataclass(frozen=True)
 class PipelineSpec:
@@ -209,6 +221,12 @@ def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
         )
     if "{key}" not in parsed.source_url:
         raise InvalidSpec("source.url must contain {key}, where each key goes")
+    stale = [feed.name for feed in parsed.feeds if isinstance(feed.source, Stale)]
+    if stale and parsed.sink is not None and parsed.sink.version is None:
+        raise InvalidSpec(
+            f"feed {stale[0]} is a stale refresh of spec.sink's table, which needs "
+            "spec.sink.version: without it the table does not say when a row was fetched"
+        )
     names = [feed.name for feed in parsed.feeds]
     if doubled := sorted({name for name in names if names.count(name) > 1}):
         raise InvalidSpec(f"feed names must be unique: {', '.join(doubled)} given twice")
@@ -240,24 +258,22 @@ def _optional(where: str, value: Any, pattern: str, allowed: str) -> str | None:
 
 
 def _sink(raw: Any) -> Sink:
-    """``spec.sink``, checked as far as the schema goes and the version against the columns;
-    the writer checks the table itself at start-up."""
+    """``spec.sink``, checked by the writers' own parsers of their ``SLUICEWAY_SINK_*``
+    settings (what the schema cannot say: a pointer outside the record, a version column not
+    mapped to /fetched_at, the key column mapped again); the writer checks the table itself
+    at start-up."""
     raw = _fields("spec.sink", raw, crd.SINK)
-    table = _text("spec.sink.table", raw["table"]).strip()
-    key = _text("spec.sink.key", raw.get("key", "key"))
     columns = raw.get("columns") or {}
     if not isinstance(columns, dict):
         raise InvalidSpec("spec.sink.columns must be an object of column names to JSON pointers")
-    for column, where in columns.items():
-        _text(f"spec.sink.columns.{column}", where, crd.POINTER_PATTERN,
-              "a JSON pointer into the record, e.g. /payload/login")  # fmt: skip
-    if key in columns:
-        raise InvalidSpec(f"spec.sink.columns maps {key!r}, the key column: the key goes there")
-    version = raw.get("version")
-    if version is not None and columns.get(_text("spec.sink.version", version)) != "/fetched_at":
-        raise InvalidSpec(f"spec.sink.version={version!r} must be a column that spec.sink.columns "
-                          "maps to /fetched_at")  # fmt: skip
-    return Sink(table, key, tuple(columns.items()), version)
+    found = Sink(_text("spec.sink.table", raw["table"]).strip(),
+                 _text("spec.sink.key", raw.get("key", "key")), tuple(columns.items()),
+                 raw.get("version"))  # fmt: skip
+    try:
+        sink.configured(settings.resolve(None, sink.OPTIONS, environ=found.settings()))
+    except ConfigError as exc:
+        raise InvalidSpec(f"spec.sink (the writers' SLUICEWAY_SINK_* settings): {exc}") from None
+    return found
 
 
 def _feed(index: int, raw: Any) -> Feed:
