@@ -214,7 +214,15 @@ SPEC = _obj({
                               "object (tokens)", pattern=OBJECT_NAME_PATTERN),
     }, required=("url",), description="the upstream API"),
     "fetcher": _obj({
-        "replicas": _int("fetcher pods", 0, 1000, 1),
+        "replicas": _int("fetcher pods: a fixed count, or with minReplicas and maxReplicas "
+                         "the count they start with (the operator's thereafter)", 0, 1000, 1),
+        "minReplicas": _int("fewest fetcher pods when the operator scales them (0: none while "
+                            "the fetch and delay queues are empty); give it with maxReplicas",
+                            0, 1000),
+        "maxReplicas": _int("most fetcher pods when the operator scales them to spend the rate "
+                            "limit; give it with minReplicas", 1, 1000),
+        "scaleDownStabilizationSeconds": _int(
+            "fetchers scale down only to the most wanted over this window", 0, 86_400, 120),
         "concurrency": _setting(settings.CONCURRENCY, "requests in flight per fetcher pod"),
         "maxAttempts": _setting(settings.MAX_ATTEMPTS,
                                 "attempts per key before it goes to the failed set"),
@@ -222,7 +230,15 @@ SPEC = _obj({
                                           "timeout of one upstream request"),
         "image": _image("this component's image, instead of spec.image"),
         "resources": RESOURCES,
-    }, default={}, description="the fetcher Deployment"),
+    }, default={}, description="the fetcher Deployment, scaled by the operator when "
+       "minReplicas and maxReplicas are given",
+        extra={"x-kubernetes-validations": [{
+            "rule": "has(self.minReplicas) == has(self.maxReplicas)",
+            "message": "fetcher.minReplicas and fetcher.maxReplicas go together: both "
+                       "(the operator scales the fetchers) or neither (replicas is fixed)"}, {
+            "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || "
+                    "self.minReplicas <= self.maxReplicas",
+            "message": "fetcher.minReplicas must not exceed fetcher.maxReplicas"}]}),
     "writer": _obj({
         "batchSize": _setting(settings.BATCH_SIZE, "rows per batch"),
         "batchTimeoutSeconds": _setting(settings.BATCH_TIMEOUT,
