@@ -128,6 +128,7 @@ async def test_the_fetchers_backlog_sums_the_fetch_and_delay_queues_from_one_sou
     reader = DepthReader(services.amqp, services.management_api())
     fallback = DepthReader(services.amqp, "http://127.0.0.1:1")
     try:
+
         async def summed() -> bool:
             depth = await reader.read_total(backlog)
             return (depth.messages, depth.source) == (37, "management-api")

@@ -211,8 +211,8 @@ def fetcher_deployment(spec: PipelineSpec, replicas: int | None = None) -> dict[
     # What a fetcher holds is unacked and goes back to the queue when it stops; in-flight
     # requests finish within the request timeout.
     pod = _pod(spec, "fetcher", container, grace=math.ceil(spec.fetcher.request_timeout) + 10)
-    return _deployment(spec, "fetcher", fetcher_name(spec),
-                       spec.fetcher.replicas if replicas is None else replicas, pod, {})
+    count = spec.fetcher.replicas if replicas is None else replicas
+    return _deployment(spec, "fetcher", fetcher_name(spec), count, pod, {})
 
 
 def writer_grace_seconds(spec: PipelineSpec) -> int:

@@ -89,8 +89,16 @@ def test_the_example_pipeline_matches_the_crd_schema() -> None:
         minimal(fetcher={"minReplicas": 0, "maxReplicas": 0}),
         minimal(fetcher={"minReplicas": -1, "maxReplicas": 2}),
     ],
-    ids=["no-secret", "no-key", "zero-rate", "no-writers", "string-batch", "bad-name",
-         "no-fetchers", "negative-fetchers"],
+    ids=[
+        "no-secret",
+        "no-key",
+        "zero-rate",
+        "no-writers",
+        "string-batch",
+        "bad-name",
+        "no-fetchers",
+        "negative-fetchers",
+    ],
 )
 def test_the_schema_refuses_bad_pipelines(spec: dict[str, Any]) -> None:
     doc = {"apiVersion": "sluiceway.io/v1alpha1", "kind": "Pipeline",
@@ -115,8 +123,11 @@ def test_defaults_come_from_the_definition() -> None:
     ("name", "spec", "message"),
     [
         ("users", minimal(writer={"minReplicas": 5, "maxReplicas": 2}), "exceeds"),
-        ("users", minimal(fetcher={"minReplicas": 5, "maxReplicas": 2}),
-         r"fetcher.minReplicas \(5\) exceeds fetcher.maxReplicas \(2\)"),
+        (
+            "users",
+            minimal(fetcher={"minReplicas": 5, "maxReplicas": 2}),
+            r"fetcher.minReplicas \(5\) exceeds fetcher.maxReplicas \(2\)",
+        ),
         ("users", minimal(fetcher={"maxReplicas": 4}), "go together"),
         ("users", minimal(fetcher={"minReplicas": 0}), "go together"),
         ("users.v2", minimal(), "must be 1 to 63"),
@@ -157,8 +168,7 @@ def test_the_fetchers_bounds_are_checked_by_cel_rules_too() -> None:
     rules = [rule["rule"] for rule in fetcher["x-kubernetes-validations"]]
     assert rules == [
         "has(self.minReplicas) == has(self.maxReplicas)",
-        "!has(self.minReplicas) || !has(self.maxReplicas) || "
-        "self.minReplicas <= self.maxReplicas",
+        "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
     ]
 
 
