@@ -111,3 +111,46 @@ async def test_a_queue_without_counts_yet_is_no_reading_not_an_empty_queue(
         assert "no message counts yet" in str(caught.value)
     finally:
         await blind.close()
+
+
+async def test_the_fetchers_backlog_sums_the_fetch_and_delay_queues_from_one_source(
+    services: ServiceUrls, amqp_connection: AbstractConnection, pipeline: str
+) -> None:
+    queues = topology.Queues(pipeline)
+    backlog = (queues.fetch, *queues.retries())
+    await publish(amqp_connection, pipeline, queues.fetch, [b"{}"] * 30)
+    # Tasks waiting out a retry delay are work still to fetch (the fetchers declare the
+    # delay queues; the others are not there: nothing, not an error).
+    channel = await amqp_connection.channel()
+    await topology.declare(channel, queues, queues.retry(256))
+    await channel.close()
+    await publish(amqp_connection, pipeline, queues.retry(256), [b"{}"] * 7)
+    reader = DepthReader(services.amqp, services.management_api())
+    fallback = DepthReader(services.amqp, "http://127.0.0.1:1")
+    try:
+
+        async def summed() -> bool:
+            depth = await reader.read_total(backlog)
+            return (depth.messages, depth.source) == (37, "management-api")
+
+        await eventually(summed, within=30, what="37 across the fetch and delay queues")
+        depth = await fallback.read_total(backlog)
+        assert (depth.messages, depth.source) == (37, "passive-declare")
+    finally:
+        await reader.close()
+        await fallback.close()
+
+
+async def test_one_queue_without_counts_makes_the_sum_no_reading(
+    services: ServiceUrls, amqp_connection: AbstractConnection, pipeline: str,
+    unsampled_api: str,
+) -> None:  # fmt: skip
+    queues = topology.Queues(pipeline)
+    await publish(amqp_connection, pipeline, queues.fetch, [b"{}"] * 12)
+    # Not 0 from the management API: every queue again by AMQP.
+    reader = DepthReader(services.amqp, unsampled_api)
+    try:
+        depth = await reader.read_total((queues.fetch, *queues.retries()))
+        assert (depth.messages, depth.source) == (12, "passive-declare")
+    finally:
+        await reader.close()

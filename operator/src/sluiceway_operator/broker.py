@@ -1,4 +1,5 @@
-"""The records queue's depth, as the scaling policy needs it: ready *and* unacked messages.
+"""Queue depths, as the scaling policies need them: ready *and* unacked messages (the records
+queue's for the writers; the fetch and delay queues' together for the fetchers).
 
 RabbitMQ's management HTTP API counts both (``messages`` of ``/api/queues/<vhost>/<name>``);
 a writer's prefetched batch is unacked, and a policy that saw only ready messages would
@@ -84,12 +85,19 @@ class DepthReader:
         self._source: Source | None = None
 
     async def read(self, queue: str) -> Depth:
+        return await self.read_total((queue,))
+
+    async def read_total(self, queues: tuple[str, ...]) -> Depth:
+        """The depths of ``queues`` summed (a pipeline's fetch queue and its delay queues),
+        all from one source: the management API (one request a queue: its name filter works
+        only on paged listings), else a passive declare of each. One queue it cannot count
+        makes the whole reading fail: a sum missing a part is no reading."""
         try:
-            depth = await self._management(queue)
+            depths = [await self._management(queue) for queue in queues]
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             management_error = f"{type(exc).__name__}: {mask(str(exc))}"
             try:
-                depth = await self._passive(queue)
+                depths = await self._passive(queues)
             except (OSError, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError,
                     TimeoutError) as amqp_exc:  # fmt: skip
                 await self._drop_connection()
@@ -97,10 +105,12 @@ class DepthReader:
                     f"management API: {management_error}; AMQP: "
                     f"{type(amqp_exc).__name__}: {mask(str(amqp_exc))}"
                 ) from None
-            if self._source != depth.source:
+            if self._source != depths[0].source:
                 log.warning("queue depth from a passive declare, which counts ready messages "
                             "only: the management API at %s failed (%s)",
                             mask(self._api), management_error)  # fmt: skip
+        depth = Depth(sum(d.messages for d in depths), sum(d.consumers for d in depths),
+                      depths[0].source)  # fmt: skip
         self._source = depth.source
         return depth
 
@@ -122,11 +132,11 @@ class DepthReader:
             messages = int(ready) + int(unacked)
         return Depth(int(messages), int(doc.get("consumers", 0)), "management-api")
 
-    async def _passive(self, queue: str) -> Depth:
+    async def _passive(self, queues: tuple[str, ...]) -> list[Depth]:
         if self._connection is None or self._connection.is_closed:
             self._connection = await amqp.connect_plain(self._amqp_url, "operator")
-        (depth,) = await queue_depths(self._connection, (queue,))
-        return Depth(depth.ready, depth.consumers, "passive-declare")
+        return [Depth(depth.ready, depth.consumers, "passive-declare")
+                for depth in await queue_depths(self._connection, queues)]  # fmt: skip
 
     async def _drop_connection(self) -> None:
         if self._connection is not None:

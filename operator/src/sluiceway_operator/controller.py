@@ -3,8 +3,8 @@
 Every ``pollIntervalSeconds`` (or at once when the Pipeline changes) :meth:`Controller.tick`
 brings the cluster to what the Pipeline asks for and returns its new ``status``:
 
-1. the ConfigMap and the fetcher Deployment, applied (each child only when its manifest
-   changed, or every ``REAPPLY_SECONDS``: see :class:`~sluiceway_operator.kube.Applied`);
+1. the ConfigMap, applied (as every child: only when its manifest changed, or every
+   ``REAPPLY_SECONDS``: see :class:`~sluiceway_operator.kube.Applied`);
 2. each feed's CronJob applied, those of feeds gone deleted, and ``status.feeds`` read back
    from the CronJobs and the runs' records in Redis (see :mod:`sluiceway_operator.feeds`);
 3. the writer Deployment, running the image last migrated (``status.writerImage``, see
@@ -13,12 +13,17 @@ brings the cluster to what the Pipeline asks for and returns its new ``status``:
    (then they stay as they are, and ``queueDepth`` is unknown: null, not the last reading);
 4. a new ``source.rateLimit`` written to Redis, which every running fetcher reads before its
    next request;
-5. the phase, message and conditions, the migration's included.
+5. the fetcher Deployment: ``fetcher.replicas`` as given, or, with ``minReplicas`` and
+   ``maxReplicas``, the fewest fetchers that spend the rate limit at the latency they report
+   (``scaling.fetchers_wanted``), kept as they are while the Pipeline is paused or a metric
+   cannot be read (the backlog from the broker; the reports and the limit from Redis);
+6. the phase, message and conditions, the migration's included.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -68,6 +73,10 @@ class Report:
                 "lastTransitionTime": since or timestamp(now_utc())}  # fmt: skip
         self.conditions = [c for c in self.conditions if c.get("type") != type_] + [item]
 
+    def drop(self, type_: str) -> None:
+        """No such condition any more: what it told of does not apply."""
+        self.conditions = [c for c in self.conditions if c.get("type") != type_]
+
 
 def phase(migration: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     """``phase`` and ``message``; none until the migration has a state to tell."""
@@ -81,11 +90,35 @@ def phase(migration: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     return {"phase": "Running", "message": ""}
 
 
+FIXED = "fixed"  # status.fetchers.bound when fetcher.replicas is a fixed count
+
+
 def writers_status(current: int, ready: int, desired: int) -> dict[str, Any]:
     """``status.writers``: the replicas the Deployment is set to, its ready pods, what the
     policy asks for, and the Writers column's ``summary``."""
     return {"current": current, "ready": ready, "desired": desired,
             "summary": f"{ready}/{desired}"}  # fmt: skip
+
+
+def fetchers_status(*, current: int, ready: int, desired: int, bound: str | None = None,
+                    latency: float | None = None, backlog: int | None = None,
+                    rate: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """``status.fetchers``: as ``writers``, with the bound that holds (``fixed``, or one of
+    :class:`~sluiceway_operator.scaling.FetcherPlan`'s), and what the plan was made of: the
+    backlog (fetch and delay queues), the fetchers' mean latency and the rate limit they
+    follow. What this tick did not read is left out: unknown, not the last reading."""
+    found = {"bound": bound, "backlog": backlog, "rateLimit": rate,
+             "latencySeconds": None if latency is None else round(latency, 3)}  # fmt: skip
+    return {**writers_status(current, ready, desired),
+            **{key: value for key, value in found.items() if value is not None}}  # fmt: skip
+
+
+def describe(reading: dict[str, Any]) -> str:
+    """What a fetchers' plan was made of, for its Event."""
+    latency = reading.get("latency")
+    return (f"{reading.get('bound')}: backlog {reading.get('backlog')}, latency "
+            f"{'unknown' if latency is None else f'{latency:.3f} s'}, rate limit "
+            f"{settings.plain(reading.get('rate') or 0)}/s")  # fmt: skip
 
 
 @dataclass
@@ -124,6 +157,7 @@ class Controller:
     post: Callable[[Event], None]
     clock: Callable[[], float]
     stabilizer: scaling.Stabilizer | None = None
+    fetcher_stabilizer: scaling.Stabilizer | None = None
     reader: DepthReader | None = None
     redis: aioredis.Redis | None = None
     connections: Connections | None = None
@@ -175,14 +209,16 @@ class Controller:
                                   report, adopt)  # fmt: skip
         if connections is not None and status.get("rateLimit") != spec.rate_limit:
             new.update(await self._rate_limit(spec, report))
+        # After the rate limit: a new one is the one the fetchers are sized for.
+        new["fetchers"] = await self._fetchers(spec, annotations, connections, report, adopt)
         new["feeds"] = feed_status
         return {**new, **phase(migration, report.problems), "conditions": report.conditions}
 
     async def _children(self, spec: PipelineSpec, adopt: Adopt) -> None:
         """What the fetchers need, always in shape."""
-        for child in (manifests.config_map(spec), manifests.fetcher_deployment(spec)):
-            adopt(child)
-            await self.children.apply(child)
+        child = manifests.config_map(spec)
+        adopt(child)
+        await self.children.apply(child)
 
     async def _connections(self, spec: PipelineSpec, report: Report
                            ) -> Connections | None:  # fmt: skip
@@ -258,6 +294,91 @@ class Controller:
         report.set(True, "Scaling", "Active", "")
         return recommended, reading
 
+    async def _fetchers(self, spec: PipelineSpec, annotations: dict[str, str],
+                        connections: Connections | None, report: Report, adopt: Adopt
+                        ) -> dict[str, Any]:  # fmt: skip
+        """Apply the fetcher Deployment at the replicas wanted; ``status.fetchers``."""
+        found = await self.kube.get("Deployment", spec.namespace, manifests.fetcher_name(spec))
+        ready = int(((found or {}).get("status") or {}).get("readyReplicas") or 0)
+        reading: dict[str, Any]
+        if not spec.fetcher.scaled:
+            self.fetcher_stabilizer = None  # bounds given again: a window of its own
+            report.drop("FetcherScaling")
+            current = desired = spec.fetcher.replicas
+            reading = {"bound": FIXED}
+            if connections is not None:
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    reading["rate"] = await self._rate(spec)  # for the Rate column only
+        else:
+            # replicas is only where the fetchers start; after that the count is the operator's.
+            current = (int((found.get("spec") or {}).get("replicas") or 0)
+                       if found is not None else spec.fetcher.replicas)  # fmt: skip
+            desired, reading = await self._scale_fetchers(spec, annotations, current,
+                                                          connections, report)  # fmt: skip
+        fetcher = manifests.fetcher_deployment(spec, desired)
+        adopt(fetcher)
+        if found is None:
+            self.children.forget("Deployment", fetcher["metadata"]["name"])  # deleted by hand
+        await self.children.apply(fetcher)
+        if desired != current and found is not None:
+            self.post(("Normal", "ScaledFetchers", f"fetchers {current} -> {desired} "
+                       f"({describe(reading)})"))  # fmt: skip
+        return fetchers_status(current=desired, ready=ready, desired=desired, **reading)
+
+    async def _scale_fetchers(self, spec: PipelineSpec, annotations: dict[str, str],
+                              current: int, connections: Connections | None, report: Report
+                              ) -> tuple[int, dict[str, Any]]:  # fmt: skip
+        """The fetchers to run, and what the plan was made of; ``current`` whenever a metric
+        is missing (a missing metric never scales)."""
+        if connections is None:
+            report.set(False, "FetcherScaling", "NoConnections",
+                       f"no usable connections Secret; fetchers kept at {current}")  # fmt: skip
+            return current, {}
+        assert self.reader is not None
+        assert self.redis is not None
+        now = self.clock()
+        if self.fetcher_stabilizer is None:
+            self.fetcher_stabilizer = scaling.Stabilizer(spec.fetcher.stabilization)
+            self.fetcher_stabilizer.seed(now, current)
+        self.fetcher_stabilizer.window = spec.fetcher.stabilization
+        queues = topology.Queues(spec.pipeline)
+        try:
+            depth = await self.reader.read_total((queues.fetch, *queues.retries()))
+        except BrokerUnreachable as exc:
+            report.set(False, "FetcherScaling", "BrokerUnreachable",
+                       f"fetchers kept at {current}: {exc}")  # fmt: skip
+            return current, {}
+        try:
+            reports = await store.FetcherReports(self.redis, spec.pipeline).read()
+            rate = await self._rate(spec)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            report.set(False, "FetcherScaling", "RedisUnreachable",
+                       f"fetchers kept at {current}: {mask(str(exc))}")  # fmt: skip
+            return current, {"backlog": depth.messages}
+        latency = scaling.mean_latency(list(reports.values()))
+        low, high = spec.fetcher.min_replicas, spec.fetcher.max_replicas
+        assert low is not None
+        assert high is not None
+        plan = scaling.fetchers_wanted(backlog=depth.messages, rate=rate, latency=latency,
+                                       concurrency=spec.fetcher.concurrency, low=low,
+                                       high=high, current=current)  # fmt: skip
+        recommended = self.fetcher_stabilizer.recommend(now, plan.replicas, current)
+        reading = {"bound": plan.bound, "backlog": depth.messages, "latency": latency,
+                   "rate": rate}  # fmt: skip
+        if is_paused(annotations):
+            report.set(False, "FetcherScaling", "Paused",
+                       f"{PAUSED_ANNOTATION} is true; would run {recommended}")  # fmt: skip
+            return current, reading
+        report.set(True, "FetcherScaling", "Active", "")
+        return recommended, reading
+
+    async def _rate(self, spec: PipelineSpec) -> float:
+        """The limit the fetchers follow: the pipeline's override in Redis (the operator's
+        own copy of ``source.rateLimit``, or ``sluiceway rate set``'s), else the spec's."""
+        assert self.redis is not None
+        override = await store.RateKeys(self.redis, spec.pipeline).override()
+        return spec.rate_limit if override is None else override
+
     async def _feeds(self, spec: PipelineSpec, before: list[dict[str, Any]],
                      connections: Connections | None, report: Report, adopt: Adopt
                      ) -> list[dict[str, Any]]:  # fmt: skip
@@ -272,7 +393,7 @@ class Controller:
                        "RedisUnreachable" if outcome.runs_problem else "Read",
                        outcome.runs_problem or "")  # fmt: skip
         elif not spec.feeds:
-            report.conditions = [c for c in report.conditions if c.get("type") != "FeedRunsRead"]
+            report.drop("FeedRunsRead")
         return outcome.status
 
     async def _rate_limit(self, spec: PipelineSpec, report: Report) -> dict[str, Any]:

@@ -214,7 +214,15 @@ SPEC = _obj({
                               "object (tokens)", pattern=OBJECT_NAME_PATTERN),
     }, required=("url",), description="the upstream API"),
     "fetcher": _obj({
-        "replicas": _int("fetcher pods", 0, 1000, 1),
+        "replicas": _int("fetcher pods: a fixed count, or with minReplicas and maxReplicas "
+                         "the count they start with (the operator's thereafter)", 0, 1000, 1),
+        "minReplicas": _int("fewest fetcher pods when the operator scales them (0: none while "
+                            "the fetch and delay queues are empty); give it with maxReplicas",
+                            0, 1000),
+        "maxReplicas": _int("most fetcher pods when the operator scales them to spend the rate "
+                            "limit; give it with minReplicas", 1, 1000),
+        "scaleDownStabilizationSeconds": _int(
+            "fetchers scale down only to the most wanted over this window", 0, 86_400, 120),
         "concurrency": _setting(settings.CONCURRENCY, "requests in flight per fetcher pod"),
         "maxAttempts": _setting(settings.MAX_ATTEMPTS,
                                 "attempts per key before it goes to the failed set"),
@@ -222,7 +230,15 @@ SPEC = _obj({
                                           "timeout of one upstream request"),
         "image": _image("this component's image, instead of spec.image"),
         "resources": RESOURCES,
-    }, default={}, description="the fetcher Deployment"),
+    }, default={}, description="the fetcher Deployment, scaled by the operator when "
+       "minReplicas and maxReplicas are given",
+        extra={"x-kubernetes-validations": [{
+            "rule": "has(self.minReplicas) == has(self.maxReplicas)",
+            "message": "fetcher.minReplicas and fetcher.maxReplicas go together: both "
+                       "(the operator scales the fetchers) or neither (replicas is fixed)"}, {
+            "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || "
+                    "self.minReplicas <= self.maxReplicas",
+            "message": "fetcher.minReplicas must not exceed fetcher.maxReplicas"}]}),
     "writer": _obj({
         "batchSize": _setting(settings.BATCH_SIZE, "rows per batch"),
         "batchTimeoutSeconds": _setting(settings.BATCH_TIMEOUT,
@@ -287,6 +303,24 @@ STATUS = _obj({
         "desired": {"type": "integer", "description": "writer pods the policy asks for"},
         "summary": {"type": "string"},
     }),
+    "fetchers": _obj({
+        "current": {"type": "integer", "description": "replicas the Deployment is set to"},
+        "ready": {"type": "integer", "description": "fetcher pods ready"},
+        "desired": {"type": "integer", "description": "fetcher pods the policy asks for"},
+        "summary": {"type": "string"},
+        "bound": {"type": "string", "enum": ["idle", "rate-limited", "latency-bound",
+                                             "max-replicas", "fixed"],
+                  "description": "what holds the fetching back (fixed: fetcher.replicas, "
+                                 "not scaled); absent while a metric cannot be read"},
+        "backlog": {"type": "integer",
+                    "description": "keys in the fetch and delay queues at the last poll"},
+        "latencySeconds": {"type": "number",
+                           "description": "the fetchers' mean upstream latency, as they "
+                                          "report it; absent until one has fetched"},
+        "rateLimit": {"type": "number",
+                      "description": "the limit the fetchers follow: the override in Redis "
+                                     "(sluiceway rate set), else source.rateLimit"},
+    }),
     "lastScaleTime": {"type": "string", "format": "date-time"},
     "rateLimit": {"type": "number"},
     "feeds": {"type": "array", "x-kubernetes-list-type": "map",
@@ -313,14 +347,22 @@ STATUS = _obj({
 }, extra={"x-kubernetes-preserve-unknown-fields": True})  # fmt: skip
 # kopf keeps its own bookkeeping in status (handler progress): preserved, not pruned.
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Depth", "type": "integer", "jsonPath": ".status.queueDepth",
      "description": "records-queue messages, ready and unacked, at the last poll; "
                     "none while the broker cannot be read"},
     {"name": "Writers", "type": "string", "jsonPath": ".status.writers.summary",
      "description": "writer pods ready/desired, as a Deployment's READY column"},
+    {"name": "Fetchers", "type": "string", "jsonPath": ".status.fetchers.summary",
+     "description": "fetcher pods ready/desired, as a Deployment's READY column"},
     {"name": "Migration", "type": "string", "jsonPath": ".status.migration.state"},
+    {"name": "Rate", "type": "number", "jsonPath": ".status.fetchers.rateLimit", "priority": 1,
+     "description": "requests/s the fetchers follow (the Redis override, else "
+                    "source.rateLimit), as the last poll read it"},
+    {"name": "Bound", "type": "string", "jsonPath": ".status.fetchers.bound", "priority": 1,
+     "description": "what holds the fetching back: idle, rate-limited, latency-bound, "
+                    "max-replicas, or fixed (fetcher.replicas, not scaled)"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]  # fmt: skip
 

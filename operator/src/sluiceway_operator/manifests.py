@@ -198,7 +198,9 @@ def config_map(spec: PipelineSpec) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def fetcher_deployment(spec: PipelineSpec) -> dict[str, Any]:
+def fetcher_deployment(spec: PipelineSpec, replicas: int | None = None) -> dict[str, Any]:
+    """The fetchers, ``replicas`` of them (the operator's count when it scales them; by
+    default ``fetcher.replicas``)."""
     env = [
         *_connections(spec, "AMQP_URL", "REDIS_URL"),
         *_env(PIPELINE=spec.pipeline, SOURCE_URL=spec.source_url,
@@ -216,7 +218,8 @@ def fetcher_deployment(spec: PipelineSpec) -> dict[str, Any]:
     # What a fetcher holds is unacked and goes back to the queue when it stops; in-flight
     # requests finish within the request timeout.
     pod = _pod(spec, "fetcher", container, grace=math.ceil(spec.fetcher.request_timeout) + 10)
-    return _deployment(spec, "fetcher", fetcher_name(spec), spec.fetcher.replicas, pod, {})
+    count = spec.fetcher.replicas if replicas is None else replicas
+    return _deployment(spec, "fetcher", fetcher_name(spec), count, pod, {})
 
 
 def writer_grace_seconds(spec: PipelineSpec) -> int:

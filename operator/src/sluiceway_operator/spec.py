@@ -49,6 +49,15 @@ class Fetcher:
     max_attempts: int
     request_timeout: float
     resources: Resources
+    # Both or neither: with them the operator scales the fetchers and ``replicas`` is only
+    # the count they start with; without, ``replicas`` is fixed.
+    min_replicas: int | None
+    max_replicas: int | None
+    stabilization: float
+
+    @property
+    def scaled(self) -> bool:
+        return self.min_replicas is not None and self.max_replicas is not None
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,10 @@ def _resources(value: dict[str, Any] | None) -> Resources:
     return Resources(dict(value.get("limits") or {}), dict(value.get("requests") or {}))
 
 
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
     """Read a Pipeline's ``spec``; raise :class:`InvalidSpec` naming the field at fault."""
     spec = crd.with_defaults(crd.SPEC, spec)
@@ -183,6 +196,9 @@ def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
                 max_attempts=int(fetcher["maxAttempts"]),
                 request_timeout=float(fetcher["requestTimeoutSeconds"]),
                 resources=_resources(fetcher.get("resources")),
+                min_replicas=_count(fetcher.get("minReplicas")),
+                max_replicas=_count(fetcher.get("maxReplicas")),
+                stabilization=float(fetcher["scaleDownStabilizationSeconds"]),
             ),
             writer=Writer(
                 image=_image(writer.get("image"), image, "writer"),
@@ -219,6 +235,14 @@ def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
             f"writer.minReplicas ({parsed.writer.min_replicas}) exceeds writer.maxReplicas "
             f"({parsed.writer.max_replicas})"
         )
+    low, high = parsed.fetcher.min_replicas, parsed.fetcher.max_replicas
+    if (low is None) != (high is None):
+        raise InvalidSpec(
+            "fetcher.minReplicas and fetcher.maxReplicas go together: give both (the operator "
+            "scales the fetchers) or neither (fetcher.replicas is fixed)"
+        )
+    if low is not None and high is not None and low > high:
+        raise InvalidSpec(f"fetcher.minReplicas ({low}) exceeds fetcher.maxReplicas ({high})")
     if "{key}" not in parsed.source_url:
         raise InvalidSpec("source.url must contain {key}, where each key goes")
     stale = [feed.name for feed in parsed.feeds if isinstance(feed.source, Stale)]

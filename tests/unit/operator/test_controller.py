@@ -27,3 +27,20 @@ def test_the_phase_follows_the_migration_and_the_problems() -> None:
     assert phase({"state": "Succeeded"}, ["Secret conn not found", "Redis: down"]) == {
         "phase": "Failed", "message": "Secret conn not found; Redis: down"}  # fmt: skip
     assert phase({}, ["Secret conn not found"])["phase"] == "Failed"
+
+
+def test_a_condition_that_no_longer_applies_is_dropped() -> None:
+    report = Report([{"type": "FetcherScaling", "status": "False", "reason": "Paused"},
+                     {"type": "Scaling", "status": "True"}])  # fmt: skip
+    report.drop("FetcherScaling")
+    assert [c["type"] for c in report.conditions] == ["Scaling"]
+
+
+def test_a_fetchers_scale_event_names_the_bound_and_what_it_was_made_of() -> None:
+    from sluiceway_operator.controller import describe
+
+    assert describe({"bound": "max-replicas", "backlog": 1000, "latency": 0.5,
+                     "rate": 2000.0}) == (
+        "max-replicas: backlog 1000, latency 0.500 s, rate limit 2000/s")  # fmt: skip
+    assert describe({"bound": "latency-bound", "backlog": 64, "latency": None, "rate": 2.5}) == (
+        "latency-bound: backlog 64, latency unknown, rate limit 2.5/s")  # fmt: skip

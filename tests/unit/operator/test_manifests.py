@@ -85,8 +85,19 @@ def test_the_example_pipeline_matches_the_crd_schema() -> None:
         minimal(writer={"maxReplicas": 0}),
         minimal(writer={"batchSize": "500"}),
         minimal(pipeline="Users_1"),
+        minimal(fetcher={"minReplicas": 0, "maxReplicas": 0}),
+        minimal(fetcher={"minReplicas": -1, "maxReplicas": 2}),
     ],
-    ids=["no-secret", "no-key", "zero-rate", "no-writers", "string-batch", "bad-name"],
+    ids=[
+        "no-secret",
+        "no-key",
+        "zero-rate",
+        "no-writers",
+        "string-batch",
+        "bad-name",
+        "no-fetchers",
+        "negative-fetchers",
+    ],
 )
 def test_the_schema_refuses_bad_pipelines(spec: dict[str, Any]) -> None:
     doc = {"apiVersion": "sluiceway.io/v1alpha1", "kind": "Pipeline",
@@ -111,6 +122,13 @@ def test_defaults_come_from_the_definition() -> None:
     ("name", "spec", "message"),
     [
         ("users", minimal(writer={"minReplicas": 5, "maxReplicas": 2}), "exceeds"),
+        (
+            "users",
+            minimal(fetcher={"minReplicas": 5, "maxReplicas": 2}),
+            r"fetcher.minReplicas \(5\) exceeds fetcher.maxReplicas \(2\)",
+        ),
+        ("users", minimal(fetcher={"maxReplicas": 4}), "go together"),
+        ("users", minimal(fetcher={"minReplicas": 0}), "go together"),
         ("users.v2", minimal(), "must be 1 to 63"),
         ("users", minimal(source={"url": "https://x/items"}), "{key}"),
         ("users", {"image": {"repository": "r", "tag": "t"}}, "missing"),
@@ -121,6 +139,36 @@ def test_what_the_schema_cannot_check_is_refused_with_the_reason(
 ) -> None:
     with pytest.raises(InvalidSpec, match=message.replace("{", r"\{").replace("}", r"\}")):
         parse(name, "data", spec)
+
+
+def test_fetchers_are_a_fixed_count_unless_both_bounds_are_given() -> None:
+    fixed = parse("users", "data", minimal(fetcher={"replicas": 3}))
+    assert not fixed.fetcher.scaled
+    assert (fixed.fetcher.min_replicas, fixed.fetcher.max_replicas) == (None, None)
+    assert fixed.fetcher.stabilization == 120  # the writers' default
+    assert manifests.fetcher_deployment(fixed)["spec"]["replicas"] == 3
+    scaled = parse("users", "data", minimal(fetcher={
+        "replicas": 2, "minReplicas": 0, "maxReplicas": 6,
+        "scaleDownStabilizationSeconds": 30}))  # fmt: skip
+    assert scaled.fetcher.scaled
+    assert (scaled.fetcher.min_replicas, scaled.fetcher.max_replicas,
+            scaled.fetcher.stabilization) == (0, 6, 30)  # fmt: skip
+    # The operator's count, where it scales them; the rest of the Deployment is the same.
+    six = manifests.fetcher_deployment(scaled, 6)
+    assert six["spec"]["replicas"] == 6
+    assert manifests.fetcher_deployment(scaled, 0)["spec"]["replicas"] == 0
+    assert six["spec"]["template"] == manifests.fetcher_deployment(scaled)["spec"]["template"]
+
+
+def test_the_fetchers_bounds_are_checked_by_cel_rules_too() -> None:
+    fetcher = crd.SPEC["properties"]["fetcher"]
+    assert "default" not in fetcher["properties"]["minReplicas"]  # none: replicas is fixed
+    assert "default" not in fetcher["properties"]["maxReplicas"]
+    rules = [rule["rule"] for rule in fetcher["x-kubernetes-validations"]]
+    assert rules == [
+        "has(self.minReplicas) == has(self.maxReplicas)",
+        "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+    ]
 
 
 def test_the_writers_get_a_grace_period_longer_than_their_flush() -> None:
