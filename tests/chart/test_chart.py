@@ -123,7 +123,7 @@ NAMESPACED = {
     ("sluiceway.io", "pipelines"): {"list", "watch", "patch"},
     ("sluiceway.io", "pipelines/status"): {"patch"},
     ("apps", "deployments"): {"get", "create", "patch", "delete"},
-    ("batch", "jobs"): {"get", "list", "create", "delete"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},  # watch: feeds starting
     # The feeds': applied (create and patch), listed by the Pipeline's label (their state and
     # strays), deleted; never read one by one.
     ("batch", "cronjobs"): {"list", "create", "patch", "delete"},

@@ -219,3 +219,36 @@ async def test_fixed_fetchers_stay_at_replicas_and_a_missing_metric_keeps_the_co
         await cluster.until("Deployment", "fixed-fetcher", lambda d: replicas(d) == 1,
                             "1 fetcher for 1/s", within=SAMPLED)  # fmt: skip
     assert_nothing_pruned(cluster.api)
+
+
+async def test_a_feed_starting_wakes_sleeping_fetchers_at_once_not_a_poll_later(
+    cluster: Cluster,  # noqa: F811 -- the fixture imported above
+    services: ServiceUrls, redis_client: aioredis.Redis, pipeline: str,
+) -> None:  # fmt: skip
+    await cluster.create(secret(services))
+    body = pipeline_body("users", pipeline, 50, {"replicas": 0, "minReplicas": 0,
+                                                 "maxReplicas": 4})  # fmt: skip
+    body["spec"]["pollIntervalSeconds"] = 3600  # only a wake can act within the test
+    body["spec"]["feeds"] = [{"name": "ids", "stale": {"age": "1h"}}]
+    async with running_operator():
+        await cluster.create(body)
+        await cluster.until("Pipeline", "users", lambda p: fetchers(p).get("bound") == "idle",
+                            "asleep: nothing queued", within=SAMPLED)  # fmt: skip
+        assert replicas(await cluster.get("Deployment", "users-fetcher") or {}) == 0
+        # The feed's Job starts (as `kubectl create job --from=cronjob/…` or its schedule
+        # would): no key is queued yet, the next poll is an hour away.
+        await cluster.create({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "users-feed-ids-1", "namespace": NAMESPACE,
+                         "labels": {"sluiceway.io/pipeline": "users",
+                                    "app.kubernetes.io/component": "feed",
+                                    "sluiceway.io/feed": "ids"}},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                {"name": "enqueue", "image": "registry.example/sluiceway-admin:1.0"}]}}},
+            "status": {"active": 1, "startTime": "2026-11-30T00:00:00Z"},
+        })  # fmt: skip
+        await cluster.until("Deployment", "users-fetcher", lambda d: replicas(d) == 1,
+                            "a fetcher awake as the feed starts", within=10)  # fmt: skip
+        doc = await cluster.get("Pipeline", "users") or {}
+        assert fetchers(doc)["bound"] == "latency-bound"
+        del doc

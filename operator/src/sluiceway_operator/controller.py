@@ -203,14 +203,15 @@ class Controller:
             if migration.get("state") == "Failed":
                 report.problems.append(f"migration failed: {migration.get('reason', '')}")
         connections = await self._connections(spec, report)
-        feed_status = await self._feeds(spec, list(status.get("feeds") or []), connections,
-                                        report, adopt)  # fmt: skip
+        feed_status, feeding = await self._feeds(spec, list(status.get("feeds") or []),
+                                                 connections, report, adopt)  # fmt: skip
         new = await self._writers(spec, annotations, status.get("writerImage"), connections,
                                   report, adopt)  # fmt: skip
         if connections is not None and status.get("rateLimit") != spec.rate_limit:
             new.update(await self._rate_limit(spec, report))
         # After the rate limit: a new one is the one the fetchers are sized for.
-        new["fetchers"] = await self._fetchers(spec, annotations, connections, report, adopt)
+        new["fetchers"] = await self._fetchers(spec, annotations, connections, report, adopt,
+                                               feeding=feeding)  # fmt: skip
         new["feeds"] = feed_status
         return {**new, **phase(migration, report.problems), "conditions": report.conditions}
 
@@ -295,9 +296,10 @@ class Controller:
         return recommended, reading
 
     async def _fetchers(self, spec: PipelineSpec, annotations: dict[str, str],
-                        connections: Connections | None, report: Report, adopt: Adopt
-                        ) -> dict[str, Any]:  # fmt: skip
-        """Apply the fetcher Deployment at the replicas wanted; ``status.fetchers``."""
+                        connections: Connections | None, report: Report, adopt: Adopt,
+                        feeding: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Apply the fetcher Deployment at the replicas wanted; ``status.fetchers``.
+        ``feeding``: a feed's Job is running, so keys are coming even if none waits yet."""
         found = await self.kube.get("Deployment", spec.namespace, manifests.fetcher_name(spec))
         ready = int(((found or {}).get("status") or {}).get("readyReplicas") or 0)
         reading: dict[str, Any]
@@ -314,7 +316,7 @@ class Controller:
             current = (int((found.get("spec") or {}).get("replicas") or 0)
                        if found is not None else spec.fetcher.replicas)  # fmt: skip
             desired, reading = await self._scale_fetchers(spec, annotations, current,
-                                                          connections, report)  # fmt: skip
+                                                          connections, report, feeding)  # fmt: skip
         fetcher = manifests.fetcher_deployment(spec, desired)
         adopt(fetcher)
         if found is None:
@@ -326,8 +328,8 @@ class Controller:
         return fetchers_status(current=desired, ready=ready, desired=desired, **reading)
 
     async def _scale_fetchers(self, spec: PipelineSpec, annotations: dict[str, str],
-                              current: int, connections: Connections | None, report: Report
-                              ) -> tuple[int, dict[str, Any]]:  # fmt: skip
+                              current: int, connections: Connections | None, report: Report,
+                              feeding: bool = False) -> tuple[int, dict[str, Any]]:  # fmt: skip
         """The fetchers to run, and what the plan was made of; ``current`` whenever a metric
         is missing (a missing metric never scales)."""
         if connections is None:
@@ -356,10 +358,13 @@ class Controller:
                        f"fetchers kept at {current}: {mask(str(exc))}")  # fmt: skip
             return current, {"backlog": depth.messages}
         latency = scaling.mean_latency(list(reports.values()))
+        # A running feed's keys count as one waiting: sleeping fetchers wake as it starts,
+        # not a poll after its first keys are queued.
+        backlog = max(depth.messages, 1 if feeding else 0)
         low, high = spec.fetcher.min_replicas, spec.fetcher.max_replicas
         assert low is not None
         assert high is not None
-        plan = scaling.fetchers_wanted(backlog=depth.messages, rate=rate, latency=latency,
+        plan = scaling.fetchers_wanted(backlog=backlog, rate=rate, latency=latency,
                                        concurrency=spec.fetcher.concurrency, low=low,
                                        high=high, current=current)  # fmt: skip
         recommended = self.fetcher_stabilizer.recommend(now, plan.replicas, current)
@@ -381,8 +386,9 @@ class Controller:
 
     async def _feeds(self, spec: PipelineSpec, before: list[dict[str, Any]],
                      connections: Connections | None, report: Report, adopt: Adopt
-                     ) -> list[dict[str, Any]]:  # fmt: skip
-        """The feeds' CronJobs in shape; ``status.feeds``, and an Event per failed run."""
+                     ) -> tuple[list[dict[str, Any]], bool]:  # fmt: skip
+        """The feeds' CronJobs in shape; ``status.feeds``, an Event per failed run; and
+        whether a feed's Job is running."""
         outcome = await feeds.step(self.children, self.redis if connections else None, spec,
                                    before, adopt)  # fmt: skip
         for event in outcome.events:
@@ -394,7 +400,7 @@ class Controller:
                        outcome.runs_problem or "")  # fmt: skip
         elif not spec.feeds:
             report.drop("FeedRunsRead")
-        return outcome.status
+        return outcome.status, outcome.running
 
     async def _rate_limit(self, spec: PipelineSpec, report: Report) -> dict[str, Any]:
         """The new rate limit, to Redis for the running fetchers."""

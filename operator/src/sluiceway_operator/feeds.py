@@ -134,6 +134,7 @@ class Outcome:
     status: list[dict[str, Any]]
     events: list[Event] = field(default_factory=list)
     runs_problem: str | None = None
+    running: bool = False  # a feed's Job is running: its keys are on their way
 
 
 async def read_runs(client: aioredis.Redis | None, spec: PipelineSpec
@@ -173,8 +174,9 @@ async def step(children: Applied, client: aioredis.Redis | None, spec: PipelineS
             events.append(("Normal", "FeedRemoved", f"CronJob {name} deleted: its feed left "
                                                     "the spec"))  # fmt: skip
     runs, problem = await read_runs(client, spec)
-    jobs = failed_jobs(await kube.list("Job", spec.namespace, manifests.feed_selector(spec))
-                       if spec.feeds else [])  # fmt: skip
+    every_job = (await kube.list("Job", spec.namespace, manifests.feed_selector(spec))
+                 if spec.feeds else [])  # fmt: skip
+    jobs = failed_jobs(every_job)
     reported = {item.get("name"): item.get("lastFailureReported") for item in before}
     status = []
     for feed in spec.feeds:
@@ -182,4 +184,10 @@ async def step(children: Applied, client: aioredis.Redis | None, spec: PipelineS
                               reported.get(feed.name))  # fmt: skip
         events.extend(told)
         status.append(feed_status(feed, found.get(feed.name), runs.get(feed.name), last))
-    return Outcome(status, events, problem)
+    feed_jobs = [
+        job
+        for job in every_job  # (a selector the API server applies, checked)
+        if ((job.get("metadata") or {}).get("labels") or {}).get(manifests.FEED_LABEL)
+    ]
+    running = any(job_state(job)[0] == "Running" for job in feed_jobs)
+    return Outcome(status, events, problem, running)

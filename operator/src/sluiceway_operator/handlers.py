@@ -97,6 +97,7 @@ def kept(memo: kopf.Memo, uid: str, body: kopf.Body, logger: kopf.Logger) -> Kep
     if "kept" not in memo:
         controller = Controller(kube=memo["kube"], post=poster(body, logger), clock=time.monotonic)
         memo["kept"] = memo["pipelines"][uid] = Kept(controller)
+        memo["named"][body.metadata.namespace, body.metadata.name] = memo["kept"]
     found: Kept = memo["kept"]
     return found
 
@@ -129,6 +130,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if "kube" not in memo:
         memo["kube"] = Kube()
     memo.setdefault("pipelines", {})
+    memo.setdefault("named", {})  # (namespace, name) -> Kept, for the feeds' Jobs to find
 
 
 @kopf.on.cleanup()
@@ -203,6 +205,19 @@ async def migrate(name: str, namespace: str | None, uid: str, body: kopf.Body,
         raise kopf.TemporaryError(outcome.message, delay=outcome.retry_in)
 
 
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/component": "feed"})
+def feed_job(event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels,
+             memo: kopf.Memo, **_: Any) -> None:  # fmt: skip
+    """A feed's Job appeared: its Pipeline reconciles now, so sleeping fetchers wake as the
+    feed starts rather than a poll after its keys are queued. (A raw watch event: nothing is
+    written on the Job.)"""
+    if event.get("type") != "ADDED":
+        return
+    owner = labels.get("sluiceway.io/pipeline")
+    if isinstance(pipeline := memo.get("named", {}).get((namespace, owner)), Kept):
+        pipeline.reconcile.changed.set()
+
+
 @kopf.on.update(*RESOURCE)
 def changed(memo: kopf.Memo, **_: Any) -> None:
     """A change to the spec or the annotations: both timers run now, not at their next poll."""
@@ -218,6 +233,7 @@ async def deleted(name: str, namespace: str | None, uid: str, spec: kopf.Spec, m
     kube: Kube = memo["kube"]
     if isinstance(recorder := memo.get("metrics"), OperatorMetrics):
         recorder.forget(namespace, name)
+    memo.get("named", {}).pop((namespace, name), None)
     if isinstance(pipeline := memo["pipelines"].pop(uid, None), Kept):
         await pipeline.controller.close()
     try:
