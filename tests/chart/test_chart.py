@@ -233,3 +233,31 @@ def test_the_network_policy_and_pod_monitor_select_the_pods_the_operator_makes()
         "containers"][0]  # fmt: skip
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == container["ports"][0]["name"]
     assert not kinds(render(None), "NetworkPolicy")
+
+
+def operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (deployment,) = kinds(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {env["name"]: env["value"] for env in container["env"]}
+
+
+def pipeline_images(values: Path | None) -> tuple[str, str]:
+    env = operator_env(render(values))
+    return env["SLUICEWAY_OPERATOR_IMAGE_REPOSITORY"], env["SLUICEWAY_OPERATOR_IMAGE_TAG"]
+
+
+def test_the_operator_gives_pipelines_its_own_releases_images(tmp_path: Path) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert pipeline_images(None) == ("ghcr.io/sluiceway/sluiceway", app_version)
+    # The operator's tag set (0.1.0-rc1): the pipelines' follows.
+    assert pipeline_images(CHART / "ci" / "full-values.yaml") == (
+        "ghcr.io/sluiceway/sluiceway", "0.1.0-rc1")  # fmt: skip
+    given = tmp_path / "given-values.yaml"
+    given.write_text(yaml.safe_dump({"pipelineImages": {
+        "repository": "registry.example:5000/data/pipelines", "tag": "2.0"}}))  # fmt: skip
+    assert pipeline_images(given) == ("registry.example:5000/data/pipelines", "2.0")
+    # An operator image named otherwise: no guess, so no default (and never half of one).
+    unsuffixed = tmp_path / "unsuffixed-values.yaml"
+    operator = {"repository": "registry.example/ops/controller", "pullPolicy": "Always"}
+    unsuffixed.write_text(yaml.safe_dump({"operator": {"image": operator}}))
+    assert pipeline_images(unsuffixed) == ("", "")

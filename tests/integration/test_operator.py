@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from sluiceway_common import store, topology
 from sluiceway_operator import crd, metrics
 from sluiceway_operator.kube import FIELD_MANAGER
+from sluiceway_operator.spec import NO_DEFAULTS, Defaults, Image
 from tests.chart.test_chart import grants, kinds, render
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import eventually, free_port, get, publish, until_ready
@@ -243,13 +244,13 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 
 @contextlib.asynccontextmanager
-async def running_operator() -> AsyncIterator[CollectorRegistry]:
-    """The operator's handlers under kopf, as ``sluiceway operator`` runs them; yields the
-    registry its metrics go to."""
+async def running_operator(defaults: Defaults = NO_DEFAULTS) -> AsyncIterator[CollectorRegistry]:
+    """The operator's handlers under kopf, as ``sluiceway operator`` runs them (with
+    ``defaults`` from its settings); yields the registry its metrics go to."""
     import sluiceway_operator.handlers  # noqa: F401 -- registers the handlers
 
     registry = CollectorRegistry()
-    memo = kopf.Memo(metrics=metrics.register(registry))
+    memo = kopf.Memo(metrics=metrics.register(registry), defaults=defaults)
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True  # kmock serves no cluster-wide resource scanning
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -628,6 +629,33 @@ async def test_a_change_to_a_pipeline_is_acted_on_at_once_not_at_its_next_poll(
         await cluster.patch("Pipeline", "slow", {"spec": {"image": {"tag": "2.0"}}})
         await cluster.until("Pipeline", "slow", lambda p: p["status"]["migration"][
             "image"].endswith(":2.0"), "the new image's migration", within=10)  # fmt: skip
+
+
+async def test_a_pipeline_without_an_image_runs_the_operators_images(
+    cluster: Cluster, services: ServiceUrls, pipeline: str,
+) -> None:  # fmt: skip
+    await cluster.create({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "conn", "namespace": NAMESPACE},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in {
+            "DATABASE_URL": services.database, "AMQP_URL": services.amqp,
+            "REDIS_URL": services.redis}.items()},
+    })  # fmt: skip
+    release = Defaults(Image("registry.example/release/sluiceway", "0.9.0"))
+    async with running_operator(release):
+        await cluster.create({
+            "apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "Pipeline",
+            "metadata": {"name": "plain", "namespace": NAMESPACE, "uid": "uid-plain",
+                         "resourceVersion": "1"},
+            "spec": {"pipeline": pipeline, "connectionsSecret": "conn",
+                     "source": {"url": "https://api.example.com/users/{key}"}},
+        })  # fmt: skip
+        fetcher = await cluster.until("Deployment", "plain-fetcher", lambda d: True, "fetcher")
+        assert fetcher["spec"]["template"]["spec"]["containers"][0]["image"] == (
+            "registry.example/release/sluiceway-fetcher:0.9.0")  # fmt: skip
+        migrating = await cluster.until("Pipeline", "plain", lambda p: p.get("status", {}).get(
+            "phase") == "Migrating", "its migration Job")  # fmt: skip
+        assert migrating["status"]["migration"]["image"] == (
+            "registry.example/release/sluiceway-writer:0.9.0")  # fmt: skip
 
 
 async def test_the_operator_command_serves_its_metrics_and_probes(

@@ -19,6 +19,7 @@ import pytest
 from sluiceway_common import COMMAND_GROUP, settings
 from sluiceway_common.settings import Option, Settings
 from sluiceway_operator import crd
+from sluiceway_operator.main import IMAGE_REPOSITORY, REPOSITORY, TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 # Read by the writer and `migrate` from the environment alone, to find the Alembic scripts.
@@ -160,3 +161,15 @@ def test_the_charts_example_pipeline_is_held_to_the_crds_bounds() -> None:
     for values_field, crd_field in pairs:
         assert (values_field["minimum"], values_field["maximum"]) == (
             crd_field["minimum"], crd_field["maximum"])  # fmt: skip
+
+
+def test_the_charts_pipeline_images_are_held_to_the_operators_settings() -> None:
+    schema = json.loads((ROOT / "charts/sluiceway/values.schema.json").read_text())
+    images = schema["properties"]["pipelineImages"]["properties"]
+    # Empty, or what the operator's option takes (a value it would refuse exits it with 2).
+    assert images["repository"]["pattern"] == f"^({REPOSITORY.pattern})?$"
+    assert images["tag"]["pattern"] == f"^({TAG.pattern})?$"
+    longest = "r" * images["repository"]["maxLength"]
+    assert IMAGE_REPOSITORY.parse(longest) == longest
+    with pytest.raises(ValueError):
+        IMAGE_REPOSITORY.parse(longest + "r")

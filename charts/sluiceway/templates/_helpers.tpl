@@ -48,3 +48,18 @@ app.kubernetes.io/component: operator
 {{- define "sluiceway.operatorImage" -}}
 {{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) }}
 {{- end }}
+
+{{/* The image prefix of Pipelines without spec.image: pipelineImages.repository, else the
+operator's repository without its -operator suffix; empty (no default) when it has none. */}}
+{{- define "sluiceway.pipelineImageRepository" -}}
+{{- if .Values.pipelineImages.repository }}
+{{- .Values.pipelineImages.repository }}
+{{- else if hasSuffix "-operator" .Values.operator.image.repository }}
+{{- trimSuffix "-operator" .Values.operator.image.repository }}
+{{- end }}
+{{- end }}
+
+{{/* Their tag: pipelineImages.tag, else the operator's (the chart's appVersion unless set). */}}
+{{- define "sluiceway.pipelineImageTag" -}}
+{{- .Values.pipelineImages.tag | default .Values.operator.image.tag | default .Chart.AppVersion }}
+{{- end }}

@@ -39,7 +39,7 @@ from sluiceway_operator import feeds, manifests, scaling
 from sluiceway_operator.broker import BrokerUnreachable, DepthReader
 from sluiceway_operator.kube import Applied, Kube
 from sluiceway_operator.migration import Event, timestamp
-from sluiceway_operator.spec import InvalidSpec, PipelineSpec, parse
+from sluiceway_operator.spec import NO_DEFAULTS, Defaults, InvalidSpec, PipelineSpec, parse
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class Controller:
     kube: Kube
     post: Callable[[Event], None]
     clock: Callable[[], float]
+    defaults: Defaults = NO_DEFAULTS  # the operator's, for what a Pipeline leaves out
     stabilizer: scaling.Stabilizer | None = None
     fetcher_stabilizer: scaling.Stabilizer | None = None
     reader: DepthReader | None = None
@@ -188,7 +189,7 @@ class Controller:
                     ) -> dict[str, Any]:  # fmt: skip
         report = Report(list(status.get("conditions") or []))
         try:
-            spec = parse(name, namespace, raw_spec)
+            spec = parse(name, namespace, raw_spec, self.defaults)
         except InvalidSpec as exc:
             report.set(False, "SpecValid", "InvalidSpec", str(exc))
             if status.get("message") != str(exc):

@@ -198,7 +198,8 @@ SPEC = _obj({
         "pullSecrets": {"type": "array", "maxItems": 16, "default": [],
                         "description": "names of image pull Secrets",
                         "items": {"type": "string", "pattern": OBJECT_NAME_PATTERN}},
-    }, required=("repository", "tag"), description="the images the pipeline runs"),
+    }, required=("repository", "tag"), description="the images the pipeline runs; without "
+       "it, the operator's own release's (the chart's pipelineImages), under the same names"),
     "connectionsSecret": _str(
         "Secret with keys DATABASE_URL, AMQP_URL and REDIS_URL (and optionally "
         "MANAGEMENT_URL, the RabbitMQ management API, when it is not the AMQP host on "
@@ -271,7 +272,7 @@ SPEC = _obj({
               "description": "sources of keys, each enqueued by a CronJob on its schedule"},
     "sink": SINK,
     "pollIntervalSeconds": _int("how often the records queue's depth is read", 1, 3600, 10),
-}, required=("image", "connectionsSecret", "source"))  # fmt: skip
+}, required=("connectionsSecret", "source"))  # fmt: skip
 
 CONDITION = _obj({
     "type": {"type": "string"},

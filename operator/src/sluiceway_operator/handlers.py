@@ -12,7 +12,8 @@ wrote to Redis and its feeds' run records.
 
 Per Pipeline, kopf's memo keeps a :class:`Kept`; the operator-wide memo keeps the
 Kubernetes client (``kube``), the metrics (``metrics``, when ``sluiceway operator`` passes
-them) and every Kept by uid (``pipelines``), to close their connections at exit.
+them), what a Pipeline may leave out (``defaults``: the images of the operator's release,
+from its settings) and every Kept by uid (``pipelines``), to close their connections at exit.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sluiceway_operator.kube import Kube
 from sluiceway_operator.metrics import OperatorMetrics
 from sluiceway_operator.migration import Event
 from sluiceway_operator.poll import Poll
-from sluiceway_operator.spec import InvalidSpec, parse
+from sluiceway_operator.spec import NO_DEFAULTS, InvalidSpec, parse
 
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
 DEFAULT_POLL = float(crd.SPEC["properties"]["pollIntervalSeconds"]["default"])
@@ -95,7 +96,8 @@ def poster(body: kopf.Body, logger: kopf.Logger) -> Callable[[Event], None]:
 def kept(memo: kopf.Memo, uid: str, body: kopf.Body, logger: kopf.Logger) -> Kept:
     """The Pipeline's :class:`Kept`, made on first use."""
     if "kept" not in memo:
-        controller = Controller(kube=memo["kube"], post=poster(body, logger), clock=time.monotonic)
+        controller = Controller(kube=memo["kube"], post=poster(body, logger),
+                                clock=time.monotonic, defaults=memo["defaults"])  # fmt: skip
         memo["kept"] = memo["pipelines"][uid] = Kept(controller)
         memo["named"][body.metadata.namespace, body.metadata.name] = memo["kept"]
     found: Kept = memo["kept"]
@@ -131,6 +133,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         memo["kube"] = Kube()
     memo.setdefault("pipelines", {})
     memo.setdefault("named", {})  # (namespace, name) -> Kept, for the feeds' Jobs to find
+    memo.setdefault("defaults", NO_DEFAULTS)
 
 
 @kopf.on.cleanup()
@@ -184,7 +187,7 @@ async def migrate(name: str, namespace: str | None, uid: str, body: kopf.Body,
     if retry == 0 and not await pipeline.migrate.due(interval(body.spec), stopped):
         return
     try:
-        spec = parse(name, namespace, dict(body.spec))
+        spec = parse(name, namespace, dict(body.spec), memo["defaults"])
     except InvalidSpec:
         return  # the reconcile reports it
     every = interval(body.spec)
@@ -237,7 +240,7 @@ async def deleted(name: str, namespace: str | None, uid: str, spec: kopf.Spec, m
     if isinstance(pipeline := memo["pipelines"].pop(uid, None), Kept):
         await pipeline.controller.close()
     try:
-        pipeline_spec = parse(name, namespace, dict(spec))
+        pipeline_spec = parse(name, namespace, dict(spec), memo["defaults"])
     except InvalidSpec:
         return  # nothing was ever created for it
     for kind, child in (("Deployment", manifests.writer_name(pipeline_spec)),

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 
@@ -14,7 +17,9 @@ from sluiceway_common import logs, settings
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import StartupError, run_until_signalled
 from sluiceway_common.observe import Observer
+from sluiceway_common.settings import ConfigError
 from sluiceway_operator import crd
+from sluiceway_operator.spec import NO_DEFAULTS, Defaults, Image
 
 NAMESPACES = settings.Option(
     "SLUICEWAY_OPERATOR_NAMESPACES",
@@ -23,8 +28,54 @@ NAMESPACES = settings.Option(
     allowed="a comma-separated list of namespaces, or empty for all",
     default="",
 )
-OPTIONS = (NAMESPACES, settings.METRICS_PORT, settings.LOG_LEVEL)
+# An image repository without a tag or digest (a registry's port is allowed), and a tag as
+# the OCI distribution spec has it.
+REPOSITORY = re.compile(r"[^\s/:@]+(:[0-9]+)?(/[^\s/:@]+)*")
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def matching(pattern: re.Pattern[str], longest: int) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        text = text.strip()
+        if text and (len(text) > longest or not pattern.fullmatch(text)):
+            raise ValueError("")
+        return text
+
+    return parse
+
+
+IMAGE_REPOSITORY = settings.Option(
+    "SLUICEWAY_OPERATOR_IMAGE_REPOSITORY",
+    matching(REPOSITORY, 512),
+    "image prefix of a Pipeline without spec.image: it runs <prefix>-fetcher, -writer and "
+    "-admin (empty: every Pipeline names its images)",
+    allowed="an image repository without a tag, e.g. registry.example.com/data/sluiceway "
+    "(at most 512 characters), or empty",
+    default="",
+)
+IMAGE_TAG = settings.Option(
+    "SLUICEWAY_OPERATOR_IMAGE_TAG",
+    matching(TAG, 128),
+    "image tag of a Pipeline without spec.image (with SLUICEWAY_OPERATOR_IMAGE_REPOSITORY)",
+    allowed="an image tag (1-128 of letters, digits, _ . -, not starting with . or -), or empty",
+    default="",
+)
+OPTIONS = (NAMESPACES, IMAGE_REPOSITORY, IMAGE_TAG, settings.METRICS_PORT, settings.LOG_LEVEL)
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def pipeline_defaults(values: dict[str, Any]) -> Defaults:
+    """What the operator gives a Pipeline that leaves it out, from its resolved settings;
+    the image prefix and tag come both or not at all."""
+    repository, tag = values["operator_image_repository"], values["operator_image_tag"]
+    if bool(repository) != bool(tag):
+        given, empty = (
+            (IMAGE_REPOSITORY, IMAGE_TAG) if repository else (IMAGE_TAG, IMAGE_REPOSITORY)
+        )
+        raise ConfigError(f"{empty.env} is empty but {given.env} is set: set both (a "
+                          "Pipeline without spec.image runs <repository>-<component>:<tag>) "
+                          "or neither")  # fmt: skip
+    return Defaults(Image(repository, tag) if repository else None)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +86,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.add_options(parser, OPTIONS)
 
 
-async def serve(namespaces: tuple[str, ...], metrics_port: int, stop: asyncio.Event) -> int:
+async def serve(namespaces: tuple[str, ...], metrics_port: int, stop: asyncio.Event,
+                defaults: Defaults = NO_DEFAULTS) -> int:  # fmt: skip
     import kopf
 
     import sluiceway_operator.handlers  # noqa: F401 -- registers the handlers
@@ -55,7 +107,7 @@ async def serve(namespaces: tuple[str, ...], metrics_port: int, stop: asyncio.Ev
             namespaces=namespaces,
             stop_flag=stop,
             ready_flag=ready,
-            memo=kopf.Memo(metrics=metrics.register(observer.registry)),
+            memo=kopf.Memo(metrics=metrics.register(observer.registry), defaults=defaults),
         )
     return 0
 
@@ -68,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             yaml.safe_dump(crd.definition(), sys.stdout, sort_keys=False, width=100)
         return 0
     values = settings.resolve(args, OPTIONS)
+    defaults = pipeline_defaults(values)
     if not (os.path.exists(SERVICE_ACCOUNT_TOKEN) or os.environ.get("KUBECONFIG")
             or os.path.exists(os.path.expanduser("~/.kube/config"))):  # fmt: skip
         raise StartupError(
@@ -76,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         )
     logs.setup(values["log_level"])
     return run_until_signalled(
-        lambda stop: serve(values["operator_namespaces"], values["metrics_port"], stop)
+        lambda stop: serve(values["operator_namespaces"], values["metrics_port"], stop, defaults)
     )
 
 

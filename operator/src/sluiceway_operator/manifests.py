@@ -335,6 +335,7 @@ def feed_cronjob(spec: PipelineSpec, feed: Feed) -> dict[str, Any]:
         *_env(PIPELINE=spec.pipeline, FEED=feed.name),
         *source_env,
     ]
+    assert spec.admin.image is not None  # parse gives one to every Pipeline with feeds
     container = _container(spec, "enqueue", spec.admin.image, ["enqueue", *args], env,
                            spec.admin.resources)  # fmt: skip
     if volumes:

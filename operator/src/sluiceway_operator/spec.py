@@ -32,6 +32,18 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Defaults:
+    """What the operator gives a Pipeline that leaves it out: ``images``, the prefix and tag
+    of its own release's images (``<repository>-fetcher``, ``-writer``, ``-admin``), from
+    the operator's settings; None: every Pipeline names its own."""
+
+    images: Image | None = None
+
+
+NO_DEFAULTS = Defaults()
+
+
+@dataclass(frozen=True)
 class Resources:
     limits: dict[str, str | int] = field(default_factory=dict)
     requests: dict[str, str | int] = field(default_factory=dict)
@@ -116,7 +128,7 @@ class Feed:
 
 @dataclass(frozen=True)
 class Admin:
-    image: Image
+    image: Image | None  # None only without feeds, which are all it runs
     resources: Resources
 
 
@@ -158,9 +170,27 @@ class PipelineSpec:
     sink: Sink | None = None
 
 
+def _shared(spec: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
+    """spec.image, else the operator's default images (none when it has none) with the
+    schema's pull policy and secrets."""
+    if spec.get("image"):
+        return dict(spec["image"])
+    image: dict[str, Any] = crd.with_defaults(crd.SPEC["properties"]["image"], {})
+    if defaults.images is not None:
+        image.update(repository=defaults.images.repository, tag=defaults.images.tag)
+    return image
+
+
 def _image(own: dict[str, Any] | None, shared: dict[str, Any], component: str) -> Image:
     if own:
         return Image(own["repository"], own["tag"])
+    if "repository" not in shared:
+        raise InvalidSpec(
+            f"no image for the {component}: set spec.image (repository and tag) or "
+            f"spec.{component}.image, or give the operator default images "
+            "(SLUICEWAY_OPERATOR_IMAGE_REPOSITORY and SLUICEWAY_OPERATOR_IMAGE_TAG, which the "
+            "chart sets from pipelineImages)"
+        )
     return Image(f"{shared['repository']}-{component}", shared["tag"])
 
 
@@ -173,11 +203,13 @@ def _count(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
-    """Read a Pipeline's ``spec``; raise :class:`InvalidSpec` naming the field at fault."""
+def parse(name: str, namespace: str, spec: dict[str, Any],
+          defaults: Defaults = NO_DEFAULTS) -> PipelineSpec:  # fmt: skip
+    """Read a Pipeline's ``spec``, with ``defaults`` for what it leaves out; raise
+    :class:`InvalidSpec` naming the field at fault."""
     spec = crd.with_defaults(crd.SPEC, spec)
     try:
-        image, source = spec["image"], spec["source"]
+        image, source = _shared(spec, defaults), spec["source"]
         fetcher, writer, admin = spec["fetcher"], spec["writer"], spec["admin"]
         parsed = PipelineSpec(
             name=name,
@@ -211,8 +243,12 @@ def parse(name: str, namespace: str, spec: dict[str, Any]) -> PipelineSpec:
                 stabilization=float(writer["scaleDownStabilizationSeconds"]),
                 resources=_resources(writer.get("resources")),
             ),
+            # Feeds are all the admin image runs: a Pipeline without them needs none.
             admin=Admin(
-                _image(admin.get("image"), image, "admin"), _resources(admin.get("resources"))
+                _image(admin.get("image"), image, "admin")
+                if admin.get("image") or "repository" in image or spec.get("feeds")
+                else None,
+                _resources(admin.get("resources")),
             ),
             feeds=tuple(_feed(index, raw) for index, raw in enumerate(spec.get("feeds") or [])),
             poll_interval=float(spec["pollIntervalSeconds"]),
