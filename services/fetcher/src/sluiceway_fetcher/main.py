@@ -9,6 +9,9 @@ from functools import partial
 
 import httpx
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from sluiceway_common import logs, settings, store, topology
 from sluiceway_common.cli import Command
@@ -30,7 +33,15 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
     queues = topology.Queues(config.pipeline)
     async with Service("fetcher", config.metrics_port) as service:
         await service.connect(config.amqp_url)
-        redis_client = await service.enter(aioredis.Redis.from_url(config.redis_url))
+        # A command that meets a dead pooled socket (left by an outage) is sent once more on
+        # a new connection: redis-py retries only the errors it is told to.
+        redis_client = await service.enter(
+            aioredis.Redis.from_url(
+                config.redis_url,
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[redis.exceptions.ConnectionError],
+            )
+        )
         await reach("Redis", config.redis_url, redis_client.ping())
         http = await service.enter(
             httpx.AsyncClient(
