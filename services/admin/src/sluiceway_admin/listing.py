@@ -19,6 +19,7 @@ page that still fails, or is not what the flags say, raises :class:`PageFailed`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -166,45 +167,86 @@ class Requests:
     timeout: float
 
 
+@contextlib.asynccontextmanager
+async def upstream(
+    redis_url: str, pipeline: str, headers: Mapping[str, str], rate: float, seconds: float
+) -> AsyncIterator[tuple[httpx.AsyncClient, SharedLimiter]]:
+    """An HTTP client sending the pipeline's ``headers``, and the pipeline's shared limiter
+    on Redis (reached first), for requests to the upstream the fetchers fetch from."""
+    client = aioredis.Redis.from_url(redis_url)
+    limiter = SharedLimiter(client, pipeline, rate)
+    try:
+        await reach("Redis", redis_url, client.ping())
+        async with httpx.AsyncClient(headers=dict(headers), timeout=seconds) as http:
+            yield http, limiter
+    finally:
+        limiter.close()
+        await client.aclose()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's outcome: the response when it succeeded, else why not, the status
+    when there was one, and the seconds of a Retry-After that asks every request to wait."""
+
+    response: httpx.Response | None
+    reason: str = ""
+    status: int | None = None
+    asked: float | None = None
+
+
+async def get_once(
+    http: httpx.AsyncClient, limiter: SharedLimiter, url: str, seconds: float
+) -> Answer:
+    """GET ``url`` once, as the fetcher does: a slot from the shared limiter first, and the
+    whole answer bounded by ``seconds`` (httpx's own timeouts bound each read only)."""
+    await limiter.acquire()
+    try:
+        async with asyncio.timeout(seconds):
+            response = await http.get(url)
+    except (httpx.TimeoutException, TimeoutError):
+        return Answer(None, "timeout")
+    except httpx.TransportError as exc:
+        return Answer(None, f"connection error: {error_text(exc)}")
+    if response.is_success:
+        return Answer(response)
+    status = response.status_code
+    return Answer(None, f"HTTP {status} {response.reason_phrase}".strip(), status,
+                  pause_asked(status, response.headers))  # fmt: skip
+
+
 async def http_keys(
     listing: Listing, requests: Requests, skipped: Skipped | None = None
 ) -> AsyncIterator[Chunk]:
     """Yield each page's keys as it comes, numbered in listing order; raise
     :class:`PageFailed` for the first page that cannot be listed."""
     skipped = skipped or Skipped()
-    client = aioredis.Redis.from_url(requests.redis_url)
-    limiter = SharedLimiter(client, requests.pipeline, requests.rate)
-    try:
-        await reach("Redis", requests.redis_url, client.ping())
-        async with httpx.AsyncClient(headers=dict(requests.headers),
-                                     timeout=requests.timeout) as http:  # fmt: skip
-            page = Page(http, limiter, requests)
-            url: str | None = str(httpx.URL(listing.url))
-            seen: set[str] = set()
-            listed = 0
-            while url is not None:
-                seen.add(url)
-                doc, links = await page.get(url)
-                try:
-                    keys = listing.keys(doc, listed + 1, skipped)
-                    following = listing.next_url(doc, url, links)
-                except BadInput as exc:
-                    raise PageFailed(url, str(exc)) from None
-                listed += len(keys)
-                log.debug("%s: %d keys", mask(url), len(keys))
-                if keys:
-                    yield keys
-                if following is not None:
-                    following = str(httpx.URL(following))
-                    if urlsplit(following).scheme not in ("http", "https"):
-                        raise PageFailed(url, f"the next page {mask(following)} is not http(s)")
-                    if following in seen:
-                        raise PageFailed(url, f"the next page {mask(following)} was listed "
+    async with upstream(requests.redis_url, requests.pipeline, requests.headers, requests.rate,
+                        requests.timeout) as (http, limiter):  # fmt: skip
+        page = Page(http, limiter, requests)
+        url: str | None = str(httpx.URL(listing.url))
+        seen: set[str] = set()
+        listed = 0
+        while url is not None:
+            seen.add(url)
+            doc, links = await page.get(url)
+            try:
+                keys = listing.keys(doc, listed + 1, skipped)
+                following = listing.next_url(doc, url, links)
+            except BadInput as exc:
+                raise PageFailed(url, str(exc)) from None
+            listed += len(keys)
+            log.debug("%s: %d keys", mask(url), len(keys))
+            if keys:
+                yield keys
+            if following is not None:
+                following = str(httpx.URL(following))
+                if urlsplit(following).scheme not in ("http", "https"):
+                    raise PageFailed(url, f"the next page {mask(following)} is not http(s)")
+                if following in seen:
+                    raise PageFailed(url, f"the next page {mask(following)} was listed "
                                          "already: the listing loops")  # fmt: skip
-                url = following
-    finally:
-        limiter.close()
-        await client.aclose()
+            url = following
 
 
 class Page:
@@ -222,30 +264,18 @@ class Page:
         attempt = 0
         while True:
             attempt += 1
-            await self._limiter.acquire()
-            status: int | None = None
-            try:
-                # httpx's timeouts bound each read; this bounds the whole answer, as the
-                # fetcher's transport does.
-                async with asyncio.timeout(self._requests.timeout):
-                    response = await self._http.get(url)
-            except (httpx.TimeoutException, TimeoutError):
-                reason = "timeout"
-            except httpx.TransportError as exc:
-                reason = f"connection error: {error_text(exc)}"
-            else:
-                if response.is_success:
-                    try:
-                        return parse_page(response.content), response.headers.get_list("Link")
-                    except (ValueError, RecursionError) as exc:
-                        raise PageFailed(url, f"body is not JSON: {exc}") from None
-                status = response.status_code
-                reason = f"HTTP {status} {response.reason_phrase}".strip()
-                asked = pause_asked(status, response.headers)
-                if asked:
-                    await self._pause(url, reason, asked)
+            answer = await get_once(self._http, self._limiter, url, self._requests.timeout)
+            if answer.response is not None:
+                try:
+                    return (parse_page(answer.response.content),
+                            answer.response.headers.get_list("Link"))  # fmt: skip
+                except (ValueError, RecursionError) as exc:
+                    raise PageFailed(url, f"body is not JSON: {exc}") from None
+            reason = answer.reason
+            if answer.asked:
+                await self._pause(url, reason, answer.asked)
             attempts = self._requests.max_attempts
-            if not retryable(status) or attempt >= attempts:
+            if not retryable(answer.status) or attempt >= attempts:
                 more = f" ({attempt} attempts)" if attempt > 1 else ""
                 raise PageFailed(url, reason + more)
             seconds = delay(attempt, self._rng)

@@ -27,17 +27,15 @@ from typing import Any, BinaryIO
 import asyncpg
 import httpx
 import orjson
-import redis.asyncio as aioredis
 
+from sluiceway_admin import listing
 from sluiceway_admin.infer import Column, Inference, KeyType, name_of, quoted
 from sluiceway_admin.sources import BadInput, file_keys
 from sluiceway_common import codec, logs, settings
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import StartupError, reach
 from sluiceway_common.limiter import SharedLimiter
-from sluiceway_common.logs import error_text
 from sluiceway_common.ratelimit import pause_seconds
-from sluiceway_common.retry import pause_asked
 from sluiceway_common.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -123,27 +121,21 @@ async def fetched(
     """Fetch the first ``limit`` keys of ``stream`` (the file at ``path``) and show
     ``inference`` each answer; a key that fails is said (``say``) and passed over. Return
     what was read."""
-    client = aioredis.Redis.from_url(upstream.redis_url)
-    limiter = SharedLimiter(client, pipeline, upstream.rate_limit)
     tried = failed = 0
-    try:
-        await reach("Redis", upstream.redis_url, client.ping())
-        async with httpx.AsyncClient(headers=dict(upstream.source_headers),
-                                     timeout=upstream.request_timeout) as http:  # fmt: skip
-            async for chunk in file_keys(stream):
-                for _, key in chunk[: limit - tried]:
-                    tried += 1
-                    reason = await fetch_one(http, limiter, upstream, key, inference)
-                    if reason is None:
-                        keys.add(key)
-                    else:
-                        failed += 1
-                        say(f"key {key!r}: {reason}")
-                if tried >= limit:
-                    break
-    finally:
-        limiter.close()
-        await client.aclose()
+    async with listing.upstream(upstream.redis_url, pipeline, upstream.source_headers,
+                                upstream.rate_limit, upstream.request_timeout
+                                ) as (http, limiter):  # fmt: skip
+        async for chunk in file_keys(stream):
+            for _, key in chunk[: limit - tried]:
+                tried += 1
+                reason = await fetch_one(http, limiter, upstream, key, inference)
+                if reason is None:
+                    keys.add(key)
+                else:
+                    failed += 1
+                    say(f"key {key!r}: {reason}")
+            if tried >= limit:
+                break
     if not tried:
         raise NoSamples(f"--fetch {path}: no keys in it")
     if not inference.payloads:
@@ -162,22 +154,14 @@ async def fetch_one(
     """Fetch one key as the fetcher would, once; None when its payload was shown to
     ``inference``, else why not."""
     url = codec.key_url(upstream.source_url, key)
-    await limiter.acquire()
-    try:
-        async with asyncio.timeout(upstream.request_timeout):
-            response = await http.get(url)
-    except (httpx.TimeoutException, TimeoutError):
-        return "timeout"
-    except httpx.TransportError as exc:
-        return f"connection error: {error_text(exc)}"
-    if not response.is_success:
-        asked = pause_asked(response.status_code, response.headers)
-        if asked:
+    answer = await listing.get_once(http, limiter, url, upstream.request_timeout)
+    if answer.response is None:
+        if answer.asked:
             # The fetchers of the pipeline wait as well: the upstream asked all of us.
-            await limiter.pause(pause_seconds(asked))
-        return f"HTTP {response.status_code} {response.reason_phrase}".strip()
+            await limiter.pause(pause_seconds(answer.asked))
+        return answer.reason
     try:
-        payload = parse_json(response.content)
+        payload = parse_json(answer.response.content)
     except (ValueError, RecursionError) as exc:
         return f"body is not JSON: {exc}"
     inference.add(payload)
