@@ -60,14 +60,21 @@ class Enqueue:
     (Not the ``ru_maxrss`` of its exit: that counts the forked test process before exec.)
     """
 
-    def __init__(self, processes: Processes, logs: Path, amqp_url: str, *args: str) -> None:
+    def __init__(
+        self,
+        processes: Processes,
+        logs: Path,
+        amqp_url: str,
+        *args: str,
+        stdin: int = subprocess.DEVNULL,
+    ) -> None:
         self.started = time.monotonic()
         self.errors = logs / f"enqueue-{time.monotonic_ns()}.log"
         with self.errors.open("wb") as errors:
             self.process = subprocess.Popen(
                 processes.command("enqueue", *args),
                 env={**processes.env, "SLUICEWAY_AMQP_URL": amqp_url},
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
             )
@@ -87,7 +94,10 @@ class Enqueue:
             peak = max(peak, self._peak_rss_kib())
             if time.monotonic() > deadline:
                 self.process.kill()
-                raise AssertionError(f"enqueue still running after {within:.0f}s")
+                self.process.wait()
+                raise AssertionError(
+                    f"enqueue still running after {within:.0f}s:\n{self.errors.read_text()}"
+                )
             await asyncio.sleep(0.1)
         return Run(
             self.process.returncode, self.errors.read_text(), peak, time.monotonic() - self.started
@@ -267,3 +277,43 @@ async def test_a_broker_cut_mid_enqueue_says_where_to_resume_and_the_resume_lose
             f"{twice} keys queued twice (fetched twice, stored once)",
         )
     )
+
+
+async def test_a_broker_cut_while_nothing_awaits_a_confirm_stops_the_run(
+    processes: Processes,
+    services: ServiceUrls,
+    pipeline: str,
+    tmp_path: Path,
+    amqp_connection: AbstractConnection,
+) -> None:
+    """A cut between reads, every key sent so far confirmed, stops the run at its next
+    publish: it does not wait for a broker that the run cannot go on without."""
+    fetch = topology.Queues(pipeline).fetch
+    proxy = await TcpProxy(services.amqp).start()
+    try:
+        enqueue = Enqueue(processes, tmp_path, proxy.url, "-", stdin=subprocess.PIPE)
+        feed = enqueue.process.stdin
+        assert feed is not None
+        feed.write("".join(f"a{i:04d}\n" for i in range(1000)).encode())
+        feed.flush()
+
+        async def confirmed() -> bool:
+            try:
+                return await depth(amqp_connection, fetch) == 1000
+            except Exception:  # not declared yet
+                return False
+
+        await eventually(confirmed, within=60, what="the first 1,000 keys queued")
+        await proxy.cut()
+        feed.write("".join(f"b{i:04d}\n" for i in range(1000)).encode())
+        feed.close()
+        cut = await enqueue.finished(60)
+    finally:
+        await proxy.close()
+    assert cut.status == 1, cut.stderr
+    assert re.search(
+        r"stopped by the broker \(.*\) after 1,000 keys were confirmed; every key before "
+        r"line 1,001 is queued\. Resume with: tail -n \+1001 - \| sluiceway enqueue -",
+        cut.stderr,
+    ), cut.stderr
+    assert await depth(amqp_connection, fetch) == 1000

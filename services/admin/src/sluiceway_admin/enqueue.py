@@ -93,7 +93,9 @@ async def enqueue(
     inflight = store.InFlight(client, pipeline)
     try:
         await reach("Redis", redis_url, client.ping())
-        connection = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "enqueue"))
+        # Not a reconnecting connection: a run the broker cut stops and says where to resume,
+        # where one that waited to reconnect would hang while nothing awaits a confirm.
+        connection = await reach("RabbitMQ", amqp_url, amqp.connect_plain(amqp_url, "enqueue"))
     except BaseException:
         await client.aclose()
         raise

@@ -56,7 +56,9 @@ async def retry_failed(
     client = aioredis.Redis.from_url(redis_url)
     failed = store.FailedSet(client, pipeline)
     inflight = store.InFlight(client, pipeline)
-    connection = await reach("RabbitMQ", amqp_url, amqp.connect(amqp_url, "failed-retry"))
+    # Not reconnecting: a cut fails the run (the keys stay in the failed set) instead of
+    # waiting on a broker that may not come back.
+    connection = await reach("RabbitMQ", amqp_url, amqp.connect_plain(amqp_url, "failed-retry"))
     retried = skipped = 0
     try:
         channel = await amqp.publishing_channel(connection)
