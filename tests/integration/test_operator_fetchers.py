@@ -46,8 +46,8 @@ def secret(services: ServiceUrls, **changes: str) -> dict[str, Any]:
             "metadata": {"name": "conn", "namespace": NAMESPACE}, "data": data}  # fmt: skip
 
 
-def pipeline_body(name: str, pipeline: str, rate: float, fetcher: dict[str, Any]
-                  ) -> dict[str, Any]:  # fmt: skip
+def pipeline_body(name: str, pipeline: str, rate: float, fetcher: dict[str, Any],
+                  **spec: Any) -> dict[str, Any]:  # fmt: skip
     return {
         "apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": "Pipeline",
         "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}",
@@ -55,7 +55,7 @@ def pipeline_body(name: str, pipeline: str, rate: float, fetcher: dict[str, Any]
         "spec": {"pipeline": pipeline, "connectionsSecret": "conn",
                  "image": {"repository": "registry.example/sluiceway", "tag": "1.0"},
                  "source": {"url": "https://api.example.com/users/{key}", "rateLimit": rate},
-                 "fetcher": fetcher, "pollIntervalSeconds": 1},
+                 "fetcher": fetcher, "pollIntervalSeconds": 1, **spec},
     }  # fmt: skip
 
 
@@ -95,7 +95,7 @@ async def test_fetchers_follow_the_rate_budget_the_backlog_and_the_pause(
     await reports.report("fetcher-a", LOAD, ttl=60)
     body = pipeline_body("users", pipeline, 50, {
         "replicas": 3, "minReplicas": 0, "maxReplicas": 6, "concurrency": 32,
-        "scaleDownStabilizationSeconds": 2})  # fmt: skip
+        "scaleDownStabilizationSeconds": 2}, idleSeconds=1)  # fmt: skip
 
     async with running_operator():
         await cluster.create(body)
@@ -133,7 +133,8 @@ async def test_fetchers_follow_the_rate_budget_the_backlog_and_the_pause(
         doc = await cluster.get("Pipeline", "users") or {}
         assert (fetchers(doc)["bound"], fetchers(doc)["backlog"]) == ("latency-bound", 64)
 
-        # Nothing queued, the fetchers gone (their reports with them): none at minReplicas 0.
+        # Nothing queued, the fetchers gone (their reports with them): none at minReplicas 0
+        # once every queue has been empty for idleSeconds.
         await purge(amqp_connection, queues.retry(256))
         await reports.withdraw("fetcher-a")
         await cluster.until("Deployment", "users-fetcher", lambda d: replicas(d) == 0,

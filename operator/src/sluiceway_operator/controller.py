@@ -7,17 +7,24 @@ brings the cluster to what the Pipeline asks for and returns its new ``status``:
    ``REAPPLY_SECONDS``: see :class:`~sluiceway_operator.kube.Applied`);
 2. each feed's CronJob applied, those of feeds gone deleted, and ``status.feeds`` read back
    from the CronJobs and the runs' records in Redis (see :mod:`sluiceway_operator.feeds`);
-3. the writer Deployment, running the image last migrated (``status.writerImage``, see
+3. the queues read once: the records queue's depth, and the fetch and delay queues' (the
+   backlog) when the fetchers are scaled or a component may sleep; from them, how long every
+   queue has been empty (``status.idleSince``), which puts components with ``minReplicas: 0``
+   to sleep after ``idleSeconds``;
+4. the writer Deployment, running the image last migrated (``status.writerImage``, see
    :mod:`sluiceway_operator.migration`; none yet: 0 writers), its replicas from the records
    queue's depth (see ``scaling``), unless the Pipeline is paused or the depth cannot be read
    (then they stay as they are, and ``queueDepth`` is unknown: null, not the last reading);
-4. a new ``source.rateLimit`` written to Redis, which every running fetcher reads before its
+5. a new ``source.rateLimit`` written to Redis, which every running fetcher reads before its
    next request;
-5. the fetcher Deployment: ``fetcher.replicas`` as given, or, with ``minReplicas`` and
+6. the fetcher Deployment: ``fetcher.replicas`` as given, or, with ``minReplicas`` and
    ``maxReplicas``, the fewest fetchers that spend the rate limit at the latency they report
    (``scaling.fetchers_wanted``), kept as they are while the Pipeline is paused or a metric
    cannot be read (the backlog from the broker; the reports and the limit from Redis);
-6. the phase, message and conditions, the migration's included.
+7. the phase, message and conditions, the migration's included.
+
+Every scale-down, writers' and fetchers', waits out its stabilization window and then steps
+down as far as the component's ``scaleDownPolicies`` allow (``scaling.StepLimiter``).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import redis.exceptions
 from sluiceway_common import settings, store, topology
 from sluiceway_common.settings import mask
 from sluiceway_operator import feeds, manifests, scaling
-from sluiceway_operator.broker import BrokerUnreachable, DepthReader
+from sluiceway_operator.broker import BrokerUnreachable, Depth, DepthReader
 from sluiceway_operator.kube import Applied, Kube
 from sluiceway_operator.migration import Event, timestamp
 from sluiceway_operator.spec import NO_DEFAULTS, Defaults, InvalidSpec, PipelineSpec, parse
@@ -121,6 +128,33 @@ def describe(reading: dict[str, Any]) -> str:
             f"{settings.plain(reading.get('rate') or 0)}/s")  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Queues:
+    """A tick's readings of the pipeline's queues: ``records`` (the records queue), and
+    ``backlog`` (the fetch and delay queues together) when something needs it; None for
+    what was not read, or could not be (``problem`` then says why)."""
+
+    records: Depth | None = None
+    backlog: Depth | None = None
+    problem: str | None = None
+
+    def empty(self, feeding: bool) -> bool | None:
+        """Whether every queue is empty; None when that is not known. A passive declare
+        counts ready messages only, and a queue whose messages are all held by consumers
+        reads 0: only the management API's counts can say a pipeline is idle."""
+        if self.records is None or self.backlog is None:
+            return None
+        if "passive-declare" in (self.records.source, self.backlog.source):
+            return None
+        return self.records.messages == 0 and self.backlog.messages == 0 and not feeding
+
+
+def sleeps(spec: PipelineSpec) -> bool:
+    """Whether a component of the Pipeline may go to zero when it is idle."""
+    return spec.writer.min_replicas == 0 or (spec.fetcher.scaled
+                                             and spec.fetcher.min_replicas == 0)  # fmt: skip
+
+
 @dataclass
 class Connections:
     database_url: str
@@ -159,6 +193,10 @@ class Controller:
     defaults: Defaults = NO_DEFAULTS  # the operator's, for what a Pipeline leaves out
     stabilizer: scaling.Stabilizer | None = None
     fetcher_stabilizer: scaling.Stabilizer | None = None
+    limiter: scaling.StepLimiter = field(default_factory=scaling.StepLimiter)
+    fetcher_limiter: scaling.StepLimiter = field(default_factory=scaling.StepLimiter)
+    idle: scaling.IdleClock = field(default_factory=scaling.IdleClock)
+    idle_since: str | None = None  # status.idleSince: when the idle clock started
     reader: DepthReader | None = None
     redis: aioredis.Redis | None = None
     connections: Connections | None = None
@@ -206,13 +244,15 @@ class Controller:
         connections = await self._connections(spec, report)
         feed_status, feeding = await self._feeds(spec, list(status.get("feeds") or []),
                                                  connections, report, adopt)  # fmt: skip
-        new = await self._writers(spec, annotations, status.get("writerImage"), connections,
-                                  report, adopt)  # fmt: skip
+        queues = await self._read_queues(spec, connections, report)
+        idle, new = self._idle(spec, queues, feeding)
+        new.update(await self._writers(spec, annotations, status.get("writerImage"), queues,
+                                       idle, report, adopt))  # fmt: skip
         if connections is not None and status.get("rateLimit") != spec.rate_limit:
             new.update(await self._rate_limit(spec, report))
         # After the rate limit: a new one is the one the fetchers are sized for.
-        new["fetchers"] = await self._fetchers(spec, annotations, connections, report, adopt,
-                                               feeding=feeding)  # fmt: skip
+        new["fetchers"] = await self._fetchers(spec, annotations, connections, queues, idle,
+                                               report, adopt, feeding=feeding)  # fmt: skip
         new["feeds"] = feed_status
         return {**new, **phase(migration, report.problems), "conditions": report.conditions}
 
@@ -240,22 +280,57 @@ class Controller:
             self.connections = found
         return found
 
+    async def _read_queues(self, spec: PipelineSpec, connections: Connections | None,
+                           report: Report) -> Queues:  # fmt: skip
+        """The queues' depths the policies need, read once a tick (none without usable
+        connections)."""
+        if connections is None:
+            return Queues()
+        assert self.reader is not None
+        names = topology.Queues(spec.pipeline)
+        try:
+            records = await self.reader.read(names.records)
+            backlog = (await self.reader.read_total((names.fetch, *names.retries()))
+                       if spec.fetcher.scaled or sleeps(spec) else None)  # fmt: skip
+        except BrokerUnreachable as exc:
+            # Never scale on a missing metric: what runs is kept.
+            report.set(False, "BrokerReachable", "Unreachable", str(exc))
+            return Queues(problem=str(exc))
+        report.set(True, "BrokerReachable", "Reachable", records.source)
+        return Queues(records, backlog)
+
+    def _idle(self, spec: PipelineSpec, queues: Queues, feeding: bool
+              ) -> tuple[bool, dict[str, Any]]:  # fmt: skip
+        """Whether the pipeline has been idle for ``idleSeconds``, and the status fields
+        that say so: the depth read (unknown: null, not the last reading) and since when
+        every queue has been empty."""
+        now = self.clock()
+        idle_for = self.idle.observe(now, queues.empty(feeding))
+        new: dict[str, Any] = {"queueDepth": None, "depthSource": None, "idleSince": None}
+        if queues.records is not None:
+            new.update(queueDepth=queues.records.messages, depthSource=queues.records.source)
+        # Stamped once, when the idle time starts: the status does not change with each poll.
+        if self.idle.since is None:
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = timestamp(now_utc() - dt.timedelta(seconds=idle_for))
+        new["idleSince"] = self.idle_since
+        return self.idle.since is not None and idle_for >= spec.idle_seconds, new
+
     async def _writers(self, spec: PipelineSpec, annotations: dict[str, str],
-                       image: str | None, connections: Connections | None,
+                       image: str | None, queues: Queues, idle: bool,
                        report: Report, adopt: Adopt) -> dict[str, Any]:  # fmt: skip
         """Apply the writer Deployment at the replicas wanted; the status fields it makes."""
         found = await self.kube.get("Deployment", spec.namespace, manifests.writer_name(spec))
         current = int(((found or {}).get("spec") or {}).get("replicas") or 0)
         ready = int(((found or {}).get("status") or {}).get("readyReplicas") or 0)
-        # A depth is shown only as read by this tick: none read (the broker unreachable, no
-        # Secret, nothing migrated yet) is unknown, not the last reading gone stale.
-        new: dict[str, Any] = {"queueDepth": None, "depthSource": None}
+        new: dict[str, Any] = {}
         desired = current
         if image is None:
             desired = 0  # nothing migrated yet: no writer may run
-        elif connections is not None:
-            desired, reading = await self._scale(spec, annotations, current, report)
-            new.update(reading)
+        elif queues.records is not None:
+            desired = self._scale(spec, annotations, current, queues.records.messages, idle,
+                                  report)  # fmt: skip
         writer = manifests.writer_deployment(spec, desired, image=image)
         adopt(writer)
         if found is None:
@@ -263,42 +338,51 @@ class Controller:
         await self.children.apply(writer)
         if desired != current and found is not None:
             new["lastScaleTime"] = timestamp(now_utc())
-            depth = (f"queue depth {new['queueDepth']}, {new['depthSource']}"
-                     if new["queueDepth"] is not None else "queue depth unknown")  # fmt: skip
+            depth = (f"queue depth {queues.records.messages}, {queues.records.source}"
+                     if queues.records is not None else "queue depth unknown")  # fmt: skip
+            if idle and desired == 0:
+                depth += f"; every queue empty for {settings.plain(spec.idle_seconds)}s"
             self.post(("Normal", "ScaledWriters", f"writers {current} -> {desired} ({depth})"))
         new["writers"] = writers_status(current=desired, ready=ready, desired=desired)
         return new
 
-    async def _scale(self, spec: PipelineSpec, annotations: dict[str, str], current: int,
-                     report: Report) -> tuple[int, dict[str, Any]]:  # fmt: skip
-        """The writers to run, and the depth reading they follow (none: keep ``current``)."""
-        assert self.reader is not None
+    def _scale(self, spec: PipelineSpec, annotations: dict[str, str], current: int,
+               depth: int, idle: bool, report: Report) -> int:  # fmt: skip
+        """The writers to run at records-queue ``depth``."""
         now = self.clock()
         if self.stabilizer is None:
             self.stabilizer = scaling.Stabilizer(spec.writer.stabilization)
             self.stabilizer.seed(now, current)
         self.stabilizer.window = spec.writer.stabilization
-        try:
-            depth = await self.reader.read(topology.Queues(spec.pipeline).records)
-        except BrokerUnreachable as exc:
-            # Never scale on a missing metric: keep what runs.
-            report.set(False, "BrokerReachable", "Unreachable", str(exc))
-            return current, {}
-        report.set(True, "BrokerReachable", "Reachable", depth.source)
-        reading = {"queueDepth": depth.messages, "depthSource": depth.source}
-        wanted = scaling.desired(depth.messages, spec.writer.target_queue_depth,
-                                 spec.writer.min_replicas, spec.writer.max_replicas)  # fmt: skip
-        recommended = self.stabilizer.recommend(now, wanted, current)
+        self.limiter.limits = spec.writer.scale_down
+        low = spec.writer.min_replicas
+        wanted = scaling.desired(depth, spec.writer.target_queue_depth, low,
+                                 spec.writer.max_replicas)  # fmt: skip
+        wanted = scaling.asleep_or_awake(wanted, low=low, current=current, idle=idle,
+                                         woken=depth > spec.writer.activation)  # fmt: skip
+        return self._step(self.stabilizer, self.limiter, annotations, "Scaling", now, wanted,
+                          current, report)  # fmt: skip
+
+    def _step(self, stabilizer: scaling.Stabilizer, limiter: scaling.StepLimiter,
+              annotations: dict[str, str], condition: str, now: float, wanted: int,
+              current: int, report: Report) -> int:  # fmt: skip
+        """From ``current`` toward ``wanted``: up at once; down to the most wanted over the
+        stabilization window (to zero at once: that is the idle wait's, already waited), in
+        the steps the policies allow; nothing while the Pipeline is paused."""
+        recommended = stabilizer.recommend(now, wanted, current)
+        if wanted == 0:
+            recommended = 0
         if is_paused(annotations):
-            report.set(False, "Scaling", "Paused",
-                           f"{PAUSED_ANNOTATION} is true; would run {recommended}")  # fmt: skip
-            return current, reading
-        report.set(True, "Scaling", "Active", "")
-        return recommended, reading
+            report.set(False, condition, "Paused",
+                       f"{PAUSED_ANNOTATION} is true; would run {recommended}")  # fmt: skip
+            return current
+        report.set(True, condition, "Active", "")
+        return limiter.limit(now, current, recommended)
 
     async def _fetchers(self, spec: PipelineSpec, annotations: dict[str, str],
-                        connections: Connections | None, report: Report, adopt: Adopt,
-                        feeding: bool = False) -> dict[str, Any]:  # fmt: skip
+                        connections: Connections | None, queues: Queues, idle: bool,
+                        report: Report, adopt: Adopt, feeding: bool = False
+                        ) -> dict[str, Any]:  # fmt: skip
         """Apply the fetcher Deployment at the replicas wanted; ``status.fetchers``.
         ``feeding``: a feed's Job is running, so keys are coming even if none waits yet."""
         found = await self.kube.get("Deployment", spec.namespace, manifests.fetcher_name(spec))
@@ -306,6 +390,7 @@ class Controller:
         reading: dict[str, Any]
         if not spec.fetcher.scaled:
             self.fetcher_stabilizer = None  # bounds given again: a window of its own
+            self.fetcher_limiter = scaling.StepLimiter()
             report.drop("FetcherScaling")
             current = desired = spec.fetcher.replicas
             reading = {"bound": FIXED}
@@ -317,7 +402,8 @@ class Controller:
             current = (int((found.get("spec") or {}).get("replicas") or 0)
                        if found is not None else spec.fetcher.replicas)  # fmt: skip
             desired, reading = await self._scale_fetchers(spec, annotations, current,
-                                                          connections, report, feeding)  # fmt: skip
+                                                          connections, queues, idle, report,
+                                                          feeding)  # fmt: skip
         fetcher = manifests.fetcher_deployment(spec, desired)
         adopt(fetcher)
         if found is None:
@@ -329,27 +415,26 @@ class Controller:
         return fetchers_status(current=desired, ready=ready, desired=desired, **reading)
 
     async def _scale_fetchers(self, spec: PipelineSpec, annotations: dict[str, str],
-                              current: int, connections: Connections | None, report: Report,
-                              feeding: bool = False) -> tuple[int, dict[str, Any]]:  # fmt: skip
+                              current: int, connections: Connections | None, queues: Queues,
+                              idle: bool, report: Report, feeding: bool = False
+                              ) -> tuple[int, dict[str, Any]]:  # fmt: skip
         """The fetchers to run, and what the plan was made of; ``current`` whenever a metric
         is missing (a missing metric never scales)."""
         if connections is None:
             report.set(False, "FetcherScaling", "NoConnections",
                        f"no usable connections Secret; fetchers kept at {current}")  # fmt: skip
             return current, {}
-        assert self.reader is not None
         assert self.redis is not None
         now = self.clock()
         if self.fetcher_stabilizer is None:
             self.fetcher_stabilizer = scaling.Stabilizer(spec.fetcher.stabilization)
             self.fetcher_stabilizer.seed(now, current)
         self.fetcher_stabilizer.window = spec.fetcher.stabilization
-        queues = topology.Queues(spec.pipeline)
-        try:
-            depth = await self.reader.read_total((queues.fetch, *queues.retries()))
-        except BrokerUnreachable as exc:
+        self.fetcher_limiter.limits = spec.fetcher.scale_down
+        depth = queues.backlog
+        if depth is None:
             report.set(False, "FetcherScaling", "BrokerUnreachable",
-                       f"fetchers kept at {current}: {exc}")  # fmt: skip
+                       f"fetchers kept at {current}: {queues.problem}")  # fmt: skip
             return current, {}
         try:
             reports = await store.FetcherReports(self.redis, spec.pipeline).read()
@@ -368,15 +453,16 @@ class Controller:
         plan = scaling.fetchers_wanted(backlog=backlog, rate=rate, latency=latency,
                                        concurrency=spec.fetcher.concurrency, low=low,
                                        high=high, current=current)  # fmt: skip
-        recommended = self.fetcher_stabilizer.recommend(now, plan.replicas, current)
-        reading = {"bound": plan.bound, "backlog": depth.messages, "latency": latency,
+        woken = feeding or depth.messages > spec.fetcher.activation
+        wanted = scaling.asleep_or_awake(plan.replicas, low=low, current=current, idle=idle,
+                                         woken=woken)  # fmt: skip
+        # Asleep below the activation threshold: nothing the fetchers are wanted for yet.
+        bound = scaling.IDLE if wanted == 0 else plan.bound
+        reading = {"bound": bound, "backlog": depth.messages, "latency": latency,
                    "rate": rate}  # fmt: skip
-        if is_paused(annotations):
-            report.set(False, "FetcherScaling", "Paused",
-                       f"{PAUSED_ANNOTATION} is true; would run {recommended}")  # fmt: skip
-            return current, reading
-        report.set(True, "FetcherScaling", "Active", "")
-        return recommended, reading
+        count = self._step(self.fetcher_stabilizer, self.fetcher_limiter, annotations,
+                           "FetcherScaling", now, wanted, current, report)  # fmt: skip
+        return count, reading
 
     async def _rate(self, spec: PipelineSpec) -> float:
         """The limit the fetchers follow: the pipeline's override in Redis (the operator's

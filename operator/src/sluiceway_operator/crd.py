@@ -182,6 +182,31 @@ SINK = _obj({
 }, required=("table",), description="land records in a table of yours instead of records "
    "(the README's Sinks)")  # fmt: skip
 
+SCALE_DOWN_POLICY = _obj({
+    "type": {"type": "string", "enum": ["Pods", "Percent"],
+             "description": "Pods: at most value pods fewer per period; Percent: at most value "
+                            "percent of the pods running at the period's start"},
+    "value": _int("pods, or percent (at most 100)", 1, 1000),
+    "periodSeconds": _int("the period the step is counted over", 1, 3600),
+}, required=("type", "value", "periodSeconds"), extra={"x-kubernetes-validations": [{
+    "rule": "self.type != 'Percent' || self.value <= 100",
+    "message": "a Percent policy's value is at most 100"}]})  # fmt: skip
+
+
+def _scale_down(component: str) -> dict[str, Any]:
+    """A component's scale-down step policies, as an HPA's ``behavior.scaleDown``."""
+    return {
+        "scaleDownPolicies": {"type": "array", "maxItems": 10, "items": SCALE_DOWN_POLICY,
+                              "description": f"{component} scale down by at most these steps "
+                                             "(none: any step the window allows)"},
+        "scaleDownSelectPolicy": {"type": "string", "enum": ["Max", "Min", "Disabled"],
+                                  "default": "Max",
+                                  "description": "Max: the policy allowing the biggest step "
+                                                 "holds; Min: the smallest; Disabled: "
+                                                 f"{component} never scale down"},
+    }  # fmt: skip
+
+
 SPEC = _obj({
     "pipeline": _str(
         "the name the pipeline's queues, Redis keys and rows go by (default: this "
@@ -217,13 +242,17 @@ SPEC = _obj({
     "fetcher": _obj({
         "replicas": _int("fetcher pods: a fixed count, or with minReplicas and maxReplicas "
                          "the count they start with (the operator's thereafter)", 0, 1000, 1),
-        "minReplicas": _int("fewest fetcher pods when the operator scales them (0: none while "
-                            "the fetch and delay queues are empty); give it with maxReplicas",
+        "minReplicas": _int("fewest fetcher pods when the operator scales them (0: none once "
+                            "the pipeline is idle, see idleSeconds); give it with maxReplicas",
                             0, 1000),
         "maxReplicas": _int("most fetcher pods when the operator scales them to spend the rate "
                             "limit; give it with minReplicas", 1, 1000),
         "scaleDownStabilizationSeconds": _int(
             "fetchers scale down only to the most wanted over this window", 0, 86_400, 120),
+        **_scale_down("fetchers"),
+        "activationBacklog": _int("with minReplicas 0: fetchers asleep wake when the fetch "
+                                  "and delay queues hold more keys than this (a feed starting "
+                                  "wakes them at once)", 0, 1_000_000_000, 0),
         "concurrency": _setting(settings.CONCURRENCY, "requests in flight per fetcher pod"),
         "maxAttempts": _setting(settings.MAX_ATTEMPTS,
                                 "attempts per key before it goes to the failed set"),
@@ -247,13 +276,17 @@ SPEC = _obj({
         "writeMode": {"type": "string", "enum": ["direct", "buffered"], "default": "direct",
                       "description": "direct: each batch upserts into records; buffered: "
                                      "batches append to records_buffer, one merger moves them"},
-        "minReplicas": _int("fewest writer pods once migrated (0: none while the records "
-                            "queue is empty)", 0, 1000, 1),
+        "minReplicas": _int("fewest writer pods once migrated (0: none once the pipeline is "
+                            "idle, see idleSeconds)", 0, 1000, 1),
         "maxReplicas": _int("most writer pods", 1, 1000, 10),
         "targetQueueDepth": _int("records-queue messages (ready and unacked) per writer pod",
                                  1, 100_000_000, 5000),
         "scaleDownStabilizationSeconds": _int(
             "writers scale down only to the most wanted over this window", 0, 86_400, 120),
+        **_scale_down("writers"),
+        "activationQueueDepth": _int("with minReplicas 0: writers asleep wake when the records "
+                                     "queue holds more messages than this", 0, 1_000_000_000,
+                                     0),
         "image": _image("this component's image (and the migration Job's), instead of "
                         "spec.image"),
         "resources": RESOURCES,
@@ -272,6 +305,9 @@ SPEC = _obj({
               "description": "sources of keys, each enqueued by a CronJob on its schedule"},
     "sink": SINK,
     "pollIntervalSeconds": _int("how often the records queue's depth is read", 1, 3600, 10),
+    "idleSeconds": _int("fetchers and writers with minReplicas 0 go to zero once every queue "
+                        "of the pipeline (fetch, delay, records) has been empty this long",
+                        0, 604_800, 300),
 }, required=("connectionsSecret", "source"))  # fmt: skip
 
 CONDITION = _obj({
@@ -323,6 +359,9 @@ STATUS = _obj({
                                      "(sluiceway rate set), else source.rateLimit"},
     }),
     "lastScaleTime": {"type": "string", "format": "date-time"},
+    "idleSince": {"type": "string", "format": "date-time",
+                  "description": "since when every queue of the pipeline has been empty; "
+                                 "absent while one holds work or cannot be read"},
     "rateLimit": {"type": "number"},
     "feeds": {"type": "array", "x-kubernetes-list-type": "map",
               "x-kubernetes-list-map-keys": ["name"], "items": _obj({

@@ -14,7 +14,7 @@ from typing import Any
 
 from sluiceway_common import settings, sink
 from sluiceway_common.settings import ConfigError
-from sluiceway_operator import crd
+from sluiceway_operator import crd, scaling
 
 
 class InvalidSpec(ValueError):
@@ -66,6 +66,9 @@ class Fetcher:
     min_replicas: int | None
     max_replicas: int | None
     stabilization: float
+    # Asleep at 0 (minReplicas 0), they wake when the fetch and delay queues hold more keys.
+    activation: int = 0
+    scale_down: scaling.StepLimits = scaling.NO_STEP_LIMITS
 
     @property
     def scaled(self) -> bool:
@@ -83,6 +86,9 @@ class Writer:
     target_queue_depth: int
     stabilization: float
     resources: Resources
+    # Asleep at 0 (minReplicas 0), they wake when the records queue holds more messages.
+    activation: int = 0
+    scale_down: scaling.StepLimits = scaling.NO_STEP_LIMITS
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,8 @@ class PipelineSpec:
     feeds: tuple[Feed, ...]
     poll_interval: float
     sink: Sink | None = None
+    # With minReplicas 0, fetchers and writers sleep once every queue is empty this long.
+    idle_seconds: float = 300.0
 
 
 def _shared(spec: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
@@ -203,6 +211,26 @@ def _count(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _step_limits(where: str, component: dict[str, Any]) -> scaling.StepLimits:
+    """``scaleDownPolicies`` and ``scaleDownSelectPolicy``, checked as the schema's CEL rule
+    does (a percentage above 100), for a server without CEL."""
+    policies = []
+    for index, raw in enumerate(component.get("scaleDownPolicies") or []):
+        policy = scaling.StepPolicy(raw["type"], int(raw["value"]), float(raw["periodSeconds"]))
+        if policy.kind not in (scaling.PODS, scaling.PERCENT):
+            raise InvalidSpec(f"{where}.scaleDownPolicies[{index}].type={policy.kind!r} is "
+                              "not allowed: Pods or Percent")  # fmt: skip
+        if policy.value < 1 or (policy.kind == scaling.PERCENT and policy.value > 100):
+            raise InvalidSpec(f"{where}.scaleDownPolicies[{index}].value={policy.value} is "
+                              "not allowed: at least 1, and at most 100 for Percent")  # fmt: skip
+        policies.append(policy)
+    select = component["scaleDownSelectPolicy"]
+    if select not in scaling.SELECT_POLICIES:
+        raise InvalidSpec(f"{where}.scaleDownSelectPolicy={select!r} is not allowed: "
+                          f"{', '.join(scaling.SELECT_POLICIES)}")  # fmt: skip
+    return scaling.StepLimits(tuple(policies), select)
+
+
 def parse(name: str, namespace: str, spec: dict[str, Any],
           defaults: Defaults = NO_DEFAULTS) -> PipelineSpec:  # fmt: skip
     """Read a Pipeline's ``spec``, with ``defaults`` for what it leaves out; raise
@@ -231,6 +259,8 @@ def parse(name: str, namespace: str, spec: dict[str, Any],
                 min_replicas=_count(fetcher.get("minReplicas")),
                 max_replicas=_count(fetcher.get("maxReplicas")),
                 stabilization=float(fetcher["scaleDownStabilizationSeconds"]),
+                activation=int(fetcher["activationBacklog"]),
+                scale_down=_step_limits("spec.fetcher", fetcher),
             ),
             writer=Writer(
                 image=_image(writer.get("image"), image, "writer"),
@@ -242,6 +272,8 @@ def parse(name: str, namespace: str, spec: dict[str, Any],
                 target_queue_depth=int(writer["targetQueueDepth"]),
                 stabilization=float(writer["scaleDownStabilizationSeconds"]),
                 resources=_resources(writer.get("resources")),
+                activation=int(writer["activationQueueDepth"]),
+                scale_down=_step_limits("spec.writer", writer),
             ),
             # Feeds are all the admin image runs: a Pipeline without them needs none.
             admin=Admin(
@@ -252,6 +284,7 @@ def parse(name: str, namespace: str, spec: dict[str, Any],
             ),
             feeds=tuple(_feed(index, raw) for index, raw in enumerate(spec.get("feeds") or [])),
             poll_interval=float(spec["pollIntervalSeconds"]),
+            idle_seconds=float(spec["idleSeconds"]),
             sink=_sink(spec["sink"]) if spec.get("sink") is not None else None,
         )
     except InvalidSpec:

@@ -1,4 +1,5 @@
-"""The writers' scaling policy: the formula, the stabilization window, and properties."""
+"""The scaling policies: the writers' formula, the stabilization window, the fetchers'
+budget, scale-down steps, sleep and wake; tables and properties."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluiceway_operator.scaling import (
+    DISABLED,
     IDLE,
     LATENCY_BOUND,
+    LEAST,
     MAX_REPLICAS,
+    MOST,
+    PERCENT,
+    PODS,
     RATE_LIMITED,
     FetcherPlan,
+    IdleClock,
     Stabilizer,
+    StepLimiter,
+    StepLimits,
+    StepPolicy,
+    asleep_or_awake,
     desired,
     fetchers_wanted,
     mean_latency,
@@ -173,3 +184,89 @@ def test_the_mean_latency_weighs_each_fetcher_by_its_fetches() -> None:
         {"fetches": 0, "latency": None},
     ]  # fmt: skip
     assert mean_latency(reports) == pytest.approx(0.2)
+
+
+# --- scale-down steps ----------------------------------------------------------------------
+
+
+def test_without_policies_a_scale_down_takes_one_step() -> None:
+    assert StepLimiter().limit(0, current=10, wanted=2) == 2
+
+
+def test_a_pods_policy_counts_the_steps_taken_within_its_period() -> None:
+    limiter = StepLimiter(StepLimits((StepPolicy(PODS, 2, 60),)))
+    assert limiter.limit(0, current=10, wanted=1) == 8
+    assert limiter.limit(30, current=8, wanted=1) == 8  # 2 gone in this period already
+    assert limiter.limit(61, current=8, wanted=1) == 6  # the first step left the period
+    assert limiter.limit(70, current=6, wanted=9) == 9  # up: never bounded
+
+
+def test_a_percent_policy_counts_from_the_pods_at_the_periods_start() -> None:
+    limiter = StepLimiter(StepLimits((StepPolicy(PERCENT, 50, 60),)))
+    assert limiter.limit(0, current=10, wanted=0) == 5
+    assert limiter.limit(10, current=5, wanted=0) == 5  # 10 at the period's start: 5 may go
+    assert limiter.limit(61, current=5, wanted=0) == 2  # half of 5, the kept rounded down
+    assert limiter.limit(122, current=2, wanted=0) == 1
+    assert limiter.limit(183, current=1, wanted=0) == 0  # half of one pod may go
+
+
+@pytest.mark.parametrize(("select", "expected"), [(MOST, 6), (LEAST, 9), (DISABLED, 10)])
+def test_the_select_policy_picks_the_biggest_or_smallest_step(select: str,
+                                                              expected: int) -> None:  # fmt: skip
+    policies = (StepPolicy(PODS, 1, 60), StepPolicy(PERCENT, 40, 60))
+    limiter = StepLimiter(StepLimits(policies, select))
+    assert limiter.limit(0, current=10, wanted=1) == expected
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.integers(0, 40)), min_size=1, max_size=40),
+    st.integers(1, 5),
+    st.integers(5, 120),
+)
+def test_no_period_ever_loses_more_pods_than_the_policy_allows(
+    steps: list[tuple[int, int]], pods: int, period: int
+) -> None:
+    limiter = StepLimiter(StepLimits((StepPolicy(PODS, pods, period),)))
+    now, current = 0, 40
+    removed: list[tuple[int, int]] = []  # (when, pods removed then)
+    for gap, wanted in steps:
+        now += gap
+        new = limiter.limit(now, current, wanted)
+        assert new == wanted if wanted >= current else wanted <= new <= current
+        removed.append((now, max(current - new, 0)))
+        current = new
+        assert sum(n for when, n in removed if when > now - period) <= pods
+
+
+# --- sleep and wake ------------------------------------------------------------------------
+
+
+def test_the_idle_clock_counts_from_the_first_empty_reading_and_restarts_on_work() -> None:
+    clock = IdleClock()
+    assert clock.observe(0, True) == 0
+    assert clock.observe(30, True) == 30
+    assert clock.observe(40, False) == 0  # a key queued
+    assert clock.observe(50, True) == 0
+    assert clock.observe(80, None) == 0  # a reading missing: not idle
+    assert clock.since is None
+
+
+@pytest.mark.parametrize(
+    ("wanted", "low", "current", "idle", "woken", "expected"),
+    [
+        (1, 1, 3, True, False, 1),  # a minimum above 0 never sleeps: wanted as it is
+        (2, 1, 3, True, False, 2),
+        (0, 0, 3, True, False, 0),  # idle long enough: to sleep
+        (0, 0, 3, False, False, 1),  # the pipeline at work elsewhere: one stays
+        (0, 0, 0, False, False, 0),  # asleep, nothing above the threshold: stays asleep
+        (1, 0, 0, False, False, 0),  # asleep, a few keys under the threshold
+        (1, 0, 0, False, True, 1),  # woken
+        (4, 0, 0, False, True, 4),
+        (3, 0, 2, False, False, 3),  # awake: the policy's count
+    ],
+)
+def test_a_component_at_minimum_zero_sleeps_only_when_idle_and_wakes_on_its_threshold(
+    wanted: int, low: int, current: int, idle: bool, woken: bool, expected: int
+) -> None:
+    assert asleep_or_awake(wanted, low=low, current=current, idle=idle,
+                           woken=woken) == expected  # fmt: skip

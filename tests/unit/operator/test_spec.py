@@ -11,7 +11,7 @@ import pytest
 
 from sluiceway_common import settings
 from sluiceway_common.settings import ConfigError
-from sluiceway_operator import crd, manifests
+from sluiceway_operator import crd, manifests, scaling
 from sluiceway_operator.controller import Controller
 from sluiceway_operator.kube import Kube
 from sluiceway_operator.main import IMAGE_REPOSITORY, IMAGE_TAG, OPTIONS, pipeline_defaults
@@ -117,3 +117,34 @@ def test_the_operators_images_come_from_its_settings_both_or_neither() -> None:
 def test_an_image_setting_that_is_no_image_name_is_refused(option: Any, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{option.env}="):
         settings.resolve(None, OPTIONS, {option.env: value})
+
+
+def test_sleep_activation_and_step_policies_are_read_with_the_schemas_defaults() -> None:
+    parsed = parse("users", "data", imageless(), RELEASE)
+    assert parsed.idle_seconds == 300
+    assert (parsed.fetcher.activation, parsed.writer.activation) == (0, 0)
+    assert parsed.writer.scale_down == scaling.StepLimits((), "Max")
+    given = parse("users", "data", imageless(idleSeconds=60, writer={
+        "activationQueueDepth": 100, "scaleDownSelectPolicy": "Min", "scaleDownPolicies": [
+            {"type": "Pods", "value": 2, "periodSeconds": 60},
+            {"type": "Percent", "value": 25, "periodSeconds": 120}]},
+        fetcher={"activationBacklog": 7}), RELEASE)  # fmt: skip
+    assert given.idle_seconds == 60
+    assert (given.fetcher.activation, given.writer.activation) == (7, 100)
+    assert given.writer.scale_down == scaling.StepLimits(
+        (scaling.StepPolicy("Pods", 2, 60), scaling.StepPolicy("Percent", 25, 120)), "Min"
+    )
+
+
+def test_a_percent_step_over_100_is_refused_by_the_schemas_rule_and_the_operator() -> None:
+    spec = imageless(writer={"scaleDownPolicies": [
+        {"type": "Percent", "value": 150, "periodSeconds": 60}]})  # fmt: skip
+    item = crd.SPEC["properties"]["writer"]["properties"]["scaleDownPolicies"]["items"]
+    (rule,) = item["x-kubernetes-validations"]  # CEL: the API server's to evaluate
+    assert rule["rule"] == "self.type != 'Percent' || self.value <= 100"
+    with pytest.raises(InvalidSpec, match=r"spec\.writer\.scaleDownPolicies\[0\]\.value=150"):
+        parse("users", "data", spec, RELEASE)
+    schema = crd.definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    with pytest.raises(jsonschema.ValidationError, match="'Later' is not one of"):
+        jsonschema.validate({"spec": imageless(fetcher={"scaleDownSelectPolicy": "Later"})},
+                            schema)  # fmt: skip
