@@ -27,7 +27,7 @@ TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' charts/sluiceway/Chart.yam
 DOCKER ?= docker
 HELM := .tools/bin/helm
 
-.PHONY: help install helm services run test test-faults soak test-unit chart-lint images bench check lint format typecheck clean
+.PHONY: help install helm services run test test-faults test-cluster soak test-unit chart-lint images bench check lint format typecheck clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,9 +52,13 @@ run: install services ## run the pipeline end to end on the bundled sample API, 
 test: install helm services ## the whole test suite, on the real services (chart-lint included)
 	$(BIN)/pytest
 
-test-faults: install services ## the fault-injection suite in full: 10 seeded writer kills, restarts, 10 M-line enqueue
-	SLUICEWAY_FAULT_RUNS=10 SLUICEWAY_ENQUEUE_LINES=10000000 SLUICEWAY_FAULTS_SUITE=test-faults \
-	  $(BIN)/pytest tests/faults -m "not soak" --timeout 600
+test-faults: install services ## the fault-injection suite in full: 10 seeded writer kills, restarts, a RabbitMQ cluster, 10 M-line enqueue
+	SLUICEWAY_FAULT_RUNS=10 SLUICEWAY_ENQUEUE_LINES=10000000 SLUICEWAY_CLUSTER_KEYS=1500 \
+	  SLUICEWAY_FAULTS_SUITE=test-faults $(BIN)/pytest tests/faults -m "not soak" --timeout 600
+
+test-cluster: install services ## a three-node RabbitMQ cluster of this machine's rabbitmq-server losing nodes mid-stream
+	SLUICEWAY_CLUSTER_KEYS=1500 SLUICEWAY_FAULTS_SUITE=test-cluster \
+	  $(BIN)/pytest tests/faults/test_cluster.py -m "" --timeout 900
 
 soak: install services ## steady load with writer restarts for SLUICEWAY_SOAK_SECONDS (1200)
 	SLUICEWAY_FAULTS_SUITE=soak $(BIN)/pytest tests/faults/test_soak.py -m soak -s --timeout 0

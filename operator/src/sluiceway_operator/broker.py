@@ -7,6 +7,8 @@ take busy writers for idle ones and scale them away mid-batch. When the manageme
 cannot be reached (the plugin is off, a network policy), or answers without the queue's
 counts (not sampled yet: a queue just declared, a broker just back), an AMQP passive declare
 is the fallback; it sees ready messages only, and the reading says which source it came from.
+With several nodes (a cluster: comma-separated URLs), the management API of each is tried in
+turn, the one that answered last first: any node's API counts every queue of the cluster.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import aiormq.exceptions
 import httpx
 
 from sluiceway_common import amqp
-from sluiceway_common.settings import mask
+from sluiceway_common.settings import mask, split_urls
 from sluiceway_common.topology import queue_depths
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,17 @@ def management_url(amqp_url: str) -> str:
                        "", "", ""))  # fmt: skip
 
 
+def _api(base_url: str) -> tuple[str, httpx.BasicAuth]:
+    """A management API's base URL without its credentials, and the credentials."""
+    base = urlsplit(base_url)
+    auth = httpx.BasicAuth(unquote(base.username or "guest"), unquote(base.password or "guest"))
+    host = base.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{base.port}" if base.port else host
+    return urlunsplit((base.scheme, netloc, base.path.rstrip("/"), "", "")), auth
+
+
 def vhost_of(amqp_url: str) -> str:
     path = urlsplit(amqp_url).path
     return unquote(path[1:]) if len(path) > 1 else "/"
@@ -71,16 +84,11 @@ class DepthReader:
 
     def __init__(self, amqp_url: str, management: str | None = None) -> None:
         self._amqp_url = amqp_url
-        base = urlsplit(management or management_url(amqp_url))
-        auth = httpx.BasicAuth(unquote(base.username or "guest"),
-                               unquote(base.password or "guest"))  # fmt: skip
-        host = base.hostname or "localhost"
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{host}:{base.port}" if base.port else host
-        self._api = urlunsplit((base.scheme, netloc, base.path.rstrip("/"), "", ""))
-        self._http = httpx.AsyncClient(auth=auth, timeout=MANAGEMENT_TIMEOUT)
-        self._vhost = quote(vhost_of(amqp_url), safe="")
+        nodes = split_urls(amqp_url)
+        bases = split_urls(management) if management else [management_url(u) for u in nodes]
+        self._apis = [_api(base) for base in bases]  # (base URL, credentials)
+        self._http = httpx.AsyncClient(timeout=MANAGEMENT_TIMEOUT)
+        self._vhost = quote(vhost_of(nodes[0]), safe="")
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._source: Source | None = None
 
@@ -114,9 +122,29 @@ class DepthReader:
         self._source = depth.source
         return depth
 
+    @property
+    def _api(self) -> str:
+        return self._apis[0][0]
+
     async def _management(self, queue: str) -> Depth:
-        response = await self._http.get(f"{self._api}/api/queues/{self._vhost}/"
-                                        f"{quote(queue, safe='')}")  # fmt: skip
+        """The queue's depth from the first node whose management API answers (that one
+        is asked first from then on)."""
+        for attempt in range(len(self._apis)):
+            api, auth = self._apis[0]
+            try:
+                response = await self._http.get(
+                    f"{api}/api/queues/{self._vhost}/{quote(queue, safe='')}", auth=auth
+                )
+            except httpx.TransportError:
+                if attempt == len(self._apis) - 1:
+                    raise
+                self._apis.append(self._apis.pop(0))
+                continue
+            return self._depth(queue, response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _depth(queue: str, response: httpx.Response) -> Depth:
         if response.status_code == 404 and response.json().get("error") == "Object Not Found":
             return Depth(0, 0, "management-api")  # not declared yet: nothing to do
         response.raise_for_status()

@@ -106,3 +106,27 @@ def test_source_headers_are_a_json_object_of_one_line_strings() -> None:
 def test_bad_source_headers(text: str) -> None:
     with pytest.raises(ValueError):
         settings.source_headers(text)
+
+
+def test_the_amqp_url_may_name_the_nodes_of_a_cluster() -> None:
+    nodes = "amqp://u:p1@mq-0:5672/prod, amqp://u:p2@mq-1:5672/prod,amqps://u:p3@mq-2/prod"
+    values = settings.resolve(None, (settings.AMQP_URL,), {"SLUICEWAY_AMQP_URL": nodes})
+    assert settings.split_urls(values["amqp_url"]) == [
+        "amqp://u:p1@mq-0:5672/prod",
+        "amqp://u:p2@mq-1:5672/prod",
+        "amqps://u:p3@mq-2/prod",
+    ]
+    assert settings.mask(values["amqp_url"]) == (
+        "amqp://u:***@mq-0:5672/prod,amqp://u:***@mq-1:5672/prod,amqps://u:***@mq-2/prod"
+    )
+    assert sorted(settings.secret_values((settings.AMQP_URL,), values)) == ["p1", "p2", "p3"]
+
+
+@pytest.mark.parametrize("nodes", [
+    "amqp://mq-0/a,amqp://mq-1/b",  # two virtual hosts: not one cluster's queues
+    "amqp://mq-0/,http://mq-1/",  # a part that is no amqp URL
+    ",",  # no URL at all
+])  # fmt: skip
+def test_a_node_list_that_is_not_one_cluster_is_refused(nodes: str) -> None:
+    with pytest.raises(ConfigError, match="SLUICEWAY_AMQP_URL"):
+        settings.resolve(None, (settings.AMQP_URL,), {"SLUICEWAY_AMQP_URL": nodes})

@@ -1,4 +1,10 @@
-"""One robust AMQP connection per process, and channels that publish with confirms."""
+"""One robust AMQP connection per process, and channels that publish with confirms.
+
+``SLUICEWAY_AMQP_URL`` may name several nodes of a RabbitMQ cluster, comma-separated: a
+process connects to the first that answers and, when the node it is on goes, to the next
+one that does (:class:`FailoverConnection`). aio-pika's robust connection reconnects to the
+one URL it was given only, which stalls a whole pipeline on a node that is gone.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,11 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractQueue,
-    AbstractRobustConnection,
 )
+from yarl import URL
 
 from sluiceway_common.logs import error_text
-from sluiceway_common.settings import mask
+from sluiceway_common.settings import mask, split_urls
 
 log = logging.getLogger(__name__)
 
@@ -33,35 +39,83 @@ BROKER_ERRORS = (
 )
 
 
+# How long one node may take to accept a connection before the next is tried: a node that
+# is paused or cut off accepts the TCP connection and then says nothing.
+CONNECT_TIMEOUT = 10.0
+
+
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection to the first of several nodes that answers.
+
+    Each (re)connection tries the nodes in turn, starting after the one whose connection was
+    lost, so a node that is gone is tried last; channels and consumers are restored on the
+    node reached, as aio-pika restores them on a reconnect.
+    """
+
+    def __init__(self, urls: list[str], **kwargs: object) -> None:
+        super().__init__(url=URL(urls[0]), **kwargs)  # type: ignore[arg-type]
+        self.urls = [URL(url) for url in urls]
+        self._next = 0  # the node tried first at the next connection
+
+    async def _on_connection_close(self, closing: asyncio.Future[object]) -> None:
+        if not (self._close_called or self.is_closed) and len(self.urls) > 1:
+            self._next = (self.urls.index(self.url) + 1) % len(self.urls)
+        await super()._on_connection_close(closing)
+
+    # aio-pika's robust connection makes each connection through this (name-mangled) method;
+    # the one place where the URL of an attempt can be chosen. A test holds it to that.
+    async def _RobustConnection__connect_transport(self) -> None:
+        failures: list[str] = []
+        start = self._next  # an attempt that fails may move it (its close callback runs)
+        for step in range(len(self.urls)):
+            self.url = self.urls[(start + step) % len(self.urls)]
+            try:
+                await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+            except aio_pika.exceptions.CONNECTION_EXCEPTIONS as exc:
+                if len(self.urls) == 1:
+                    raise
+                failures.append(f"{mask(str(self.url))}: {error_text(exc)}")
+                continue
+            self._next = self.urls.index(self.url)
+            return
+        raise ConnectionError("no node answered: " + "; ".join(failures))
+
+
 def _connection_name(role: str) -> str:
     """How the broker lists the connection: which sluiceway part, on which host and process."""
     return f"sluiceway-{role}@{socket.gethostname()}:{os.getpid()}"
 
 
-async def connect(url: str, role: str) -> AbstractRobustConnection:
-    """The process's one connection; it reconnects and restores its channels by itself, and
-    says so in the log: a warning with the reason when the connection is lost, a line when it
-    is back."""
-    connection = await aio_pika.connect_robust(
-        url, client_properties={"connection_name": _connection_name(role)}
+async def connect(url: str, role: str) -> FailoverConnection:
+    """The process's one connection (to the first node of ``url`` that answers); it
+    reconnects, to the next node that answers when its own is gone, and restores its channels
+    by itself, and says so in the log: a warning with the reason when the connection is lost,
+    a line, naming the node, when it is back."""
+    connection = FailoverConnection(
+        split_urls(url), client_properties={"connection_name": _connection_name(role)}
     )
-    where = mask(url)
+    await connection.connect(timeout=CONNECT_TIMEOUT)
     up = True  # said once when lost, not again for each attempt that fails meanwhile
+
+    def where() -> str:
+        return mask(str(connection.url))
 
     def lost(_: object, exc: BaseException | None) -> None:
         nonlocal up
         if exc is None or isinstance(exc, asyncio.CancelledError) or not up:
             return  # closed on purpose, or already said
         up = False
+        others = len(connection.urls) - 1
         log.warning(
-            "lost the connection to RabbitMQ at %s (%s); reconnecting every %gs",
-            where, error_text(exc), connection.reconnect_interval,
+            "lost the connection to RabbitMQ at %s (%s); reconnecting every %gs%s",
+            where(), error_text(exc), connection.reconnect_interval,
+            f", to the first of its {others + 1} nodes that answers" if others else "",
         )  # fmt: skip
 
     def back(_: object) -> None:
         nonlocal up
         up = True
-        log.info("reconnected to RabbitMQ at %s", where)
+        log.info("reconnected to RabbitMQ at %s", where())
 
     connection.close_callbacks.add(lost)
     connection.reconnect_callbacks.add(back)
@@ -96,10 +150,21 @@ async def stop_consuming(connection: AbstractConnection, queue: AbstractQueue, t
 
 
 async def connect_plain(url: str, role: str) -> AbstractConnection:
-    """A connection that does not reconnect: for work whose acks must not outlive a channel."""
-    return await aio_pika.connect(
-        url, client_properties={"connection_name": _connection_name(role)}
-    )
+    """A connection that does not reconnect, to the first node of ``url`` that answers: for
+    work whose acks must not outlive a channel, and runs that stop when their broker goes."""
+    urls = split_urls(url)
+    failures: list[str] = []
+    for each in urls:
+        try:
+            return await aio_pika.connect(
+                each, client_properties={"connection_name": _connection_name(role)},
+                timeout=CONNECT_TIMEOUT,
+            )  # fmt: skip
+        except aio_pika.exceptions.CONNECTION_EXCEPTIONS as exc:
+            if len(urls) == 1:
+                raise
+            failures.append(f"{mask(each)}: {error_text(exc)}")
+    raise ConnectionError("no node answered: " + "; ".join(failures))
 
 
 async def check_connected(connection: AbstractConnection) -> None:

@@ -164,20 +164,35 @@ def secret_values(options: tuple[Option, ...], values: Mapping[str, Any]) -> lis
             found.extend(str(v) for v in value.values())
             continue
         text = str(value)
-        try:
-            parts = urlsplit(text)
-        except ValueError:
-            parts = None
-        if parts is None or not (parts.scheme and parts.netloc):
+        urls = split_urls(text) if "," in text else [text]  # a cluster's nodes, each one
+        if not all(_is_url(url) for url in urls):
             found.append(text)
-        elif parts.password:
-            raw = parts.netloc.rpartition("@")[0].partition(":")[2]
-            found.extend({raw, unquote(raw)})
+            continue
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.password:
+                raw = parts.netloc.rpartition("@")[0].partition(":")[2]
+                found.extend({raw, unquote(raw)})
     return found
 
 
+def _is_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.netloc)
+
+
 def mask(url: str) -> str:
-    """The URL with its password replaced by ``***``; other text is returned unchanged."""
+    """The URL with its password replaced by ``***`` (each URL of a comma-separated list);
+    other text is returned unchanged."""
+    if "," in url:
+        return ",".join(_mask_one(part) for part in url.split(","))
+    return _mask_one(url)
+
+
+def _mask_one(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -244,6 +259,21 @@ def url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def split_urls(text: str) -> list[str]:
+    """The URLs of a comma-separated list (a comma inside a password is written %2C)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def amqp_urls(text: str) -> str:
+    """One amqp(s):// URL, or several (the nodes of a cluster), comma-separated: each with a
+    host, all on the same virtual host, since every node serves the same queues."""
+    one = url("amqp", "amqps")
+    urls = [one(part) for part in split_urls(text)]
+    if not urls or len({urlsplit(each).path.rstrip("/") or "/" for each in urls}) > 1:
+        raise ValueError("")
+    return ",".join(urls)
+
+
 PIPELINE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -274,9 +304,11 @@ DATABASE_URL = Option(
 )
 AMQP_URL = Option(
     "SLUICEWAY_AMQP_URL",
-    url("amqp", "amqps"),
-    "RabbitMQ holding the fetch, records and dead-letter queues",
-    allowed="an amqp:// or amqps:// URL with a host",
+    amqp_urls,
+    "RabbitMQ holding the fetch, records and dead-letter queues: one node, or the nodes of a "
+    "cluster, comma-separated (the first that answers is used, the next when it goes)",
+    allowed="an amqp:// or amqps:// URL with a host, or several, comma-separated, on one "
+    "virtual host",
     default="amqp://guest:guest@127.0.0.1:5672/",
     secret=True,
 )
