@@ -81,6 +81,7 @@ bench: install services ## benchmarks, medians of rounds run side by side (not p
 	$(BIN)/python benchmarks/writer.py
 	$(BIN)/python -m benchmarks.write_modes
 	$(BIN)/python -m benchmarks.fetcher
+	$(BIN)/python -m benchmarks.fetcher_budget
 	$(BIN)/python benchmarks/enqueue.py
 
 check: install lint typecheck ## lint and typecheck: what .ci/run holds the code to before the tests

@@ -36,6 +36,7 @@ from sluiceway_common import codec, topology
 
 RESULTS = ROOT / "benchmarks" / "results" / "fetcher.json"
 FETCHER_READY = "fetching sluiceway."
+FETCHER_ARGV = (sys.executable, "-m", "sluiceway_common", "fetcher")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -78,8 +79,8 @@ async def throughput_round(args: argparse.Namespace, base: str, round_no: int,
                 served_before = await served(client, base)
                 env = fetcher_env(args, queues.pipeline, base + "/users/{key}", 1e6,
                                   args.concurrency)  # fmt: skip
-                argv = [sys.executable, "-m", "sluiceway_common", "fetcher"]
-                with Child(f"fetcher-{round_no}", argv, env, FETCHER_READY, logs) as child:
+                with Child(f"fetcher-{round_no}", FETCHER_ARGV, env, FETCHER_READY,
+                           logs) as child:  # fmt: skip
                     await child.wait_ready(60)
                     _, cpu_before = usage(child.proc.pid)
                     started = child.ready_at or time.perf_counter()
@@ -145,9 +146,8 @@ async def accuracy_run(args: argparse.Namespace, processes: int, limit: int,
             await prefill(connection, queues.fetch,
                           (codec.encode_task(f"k{i}") for i in range(keys)))  # fmt: skip
             env = fetcher_env(args, queues.pipeline, source, limit, 64)
-            argv = [sys.executable, "-m", "sluiceway_common", "fetcher"]
-            children = [Child(f"rate-{processes}-{limit}-{i}", argv, env, FETCHER_READY, logs)
-                        for i in range(processes)]  # fmt: skip
+            children = [Child(f"rate-{processes}-{limit}-{i}", FETCHER_ARGV, env,
+                              FETCHER_READY, logs) for i in range(processes)]  # fmt: skip
             try:
                 await asyncio.gather(*(c.wait_ready(60) for c in children))
                 recorder.expect(keys)
@@ -169,15 +169,24 @@ async def accuracy_run(args: argparse.Namespace, processes: int, limit: int,
     }
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
+@asynccontextmanager
+async def sample_api(latency_ms: float) -> AsyncIterator[str]:
+    """``sluiceway sample-api`` on a free port, answering after ``latency_ms``; its base URL."""
     api = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sluiceway_common", "sample-api", "--sample-port", "0",
-        "--sample-latency-ms", "50", stdout=asyncio.subprocess.PIPE,
+        "--sample-latency-ms", str(latency_ms), stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert api.stdout is not None
-    base = (await api.stdout.readline()).decode().split()[-1]
-    results: dict[str, Any] = {"throughput": {}, "accuracy": []}
     try:
+        yield (await api.stdout.readline()).decode().split()[-1]
+    finally:
+        api.terminate()
+        await api.wait()
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"throughput": {}, "accuracy": []}
+    async with sample_api(50) as base:
         with tempfile.TemporaryDirectory(prefix="sluiceway-fetch-bench-") as logs:
             rounds = [await throughput_round(args, base, r, Path(logs))
                       for r in range(args.rounds)]  # fmt: skip
@@ -201,9 +210,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         print(f"{processes:>10}{limit:>9}{run['most_in_any_second']:>13}"
                               f"{run['allowed']:>9.1f}{run['share_of_limit_used']:>7.0%}",
                               flush=True)  # fmt: skip
-    finally:
-        api.terminate()
-        await api.wait()
     return results
 
 
