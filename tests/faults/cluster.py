@@ -22,6 +22,7 @@ import httpx
 
 from tests.integration.helpers import free_port
 
+HEARTBEAT = 5  # seconds: the URLs' heartbeat
 START_TIMEOUT = 120  # seconds for a node to start, as rabbitmqctl await_startup waits
 
 
@@ -80,8 +81,9 @@ class RabbitCluster:
 
     @property
     def urls(self) -> str:
-        """Every node, as ``SLUICEWAY_AMQP_URL`` takes them."""
-        return ",".join(node.url for node in self.nodes)
+        """Every node, as ``SLUICEWAY_AMQP_URL`` takes them, with a 5 s heartbeat (60 s by
+        default): a node that stops answering is left within seconds."""
+        return ",".join(f"{node.url}?heartbeat={HEARTBEAT}" for node in self.nodes)
 
     def ctl(self, node: Node, *args: str, timeout: float = START_TIMEOUT) -> str:
         done = subprocess.run(["rabbitmqctl", "-n", node.name, *args], capture_output=True,

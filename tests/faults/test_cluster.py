@@ -144,7 +144,9 @@ async def stream_through(
             fault_over = time.monotonic()
             await eventually(lambda: _landed(meter, at_fault + 1), within=120,
                              what="rows landing after the fault")  # fmt: skip
-            if victim is not None:
+            if victim is not None and fault == "leader paused":
+                cluster.resume(victim)  # it rejoins as a follower
+            elif victim is not None:
                 # Back once the pipeline went on without it (so the next scenario has three
                 # nodes): a quorum member that returns catches up with the log.
                 await asyncio.to_thread(cluster.start_node, victim)
@@ -194,6 +196,13 @@ async def inject(cluster: RabbitCluster, pipeline: str, fault: str) -> Node | No
     elif fault == "follower killed":
         leader = cluster.leader(records)
         victim = next(n for n in reversed(cluster.nodes) if n is not leader)
+    elif fault == "leader paused":
+        # SIGSTOP: its sockets stay open and say nothing, as a node cut off from the others
+        # and from its clients would. The two others elect a new leader; the processes on it
+        # notice through the missed heartbeats and move on.
+        victim = cluster.leader(records)
+        cluster.pause(victim)
+        return victim
     elif fault == "rolling restart":
         for node in cluster.nodes:
             await asyncio.to_thread(cluster.restart, node)
@@ -207,6 +216,8 @@ async def inject(cluster: RabbitCluster, pipeline: str, fault: str) -> Node | No
 @pytest.mark.parametrize(("scenario", "fault", "rate"), [
     pytest.param("cluster: leader node killed", "leader killed", RATE, id="leader"),
     pytest.param("cluster: follower killed", "follower killed", RATE, id="follower",
+                 marks=pytest.mark.cluster),
+    pytest.param("cluster: leader paused", "leader paused", 30, id="paused",
                  marks=pytest.mark.cluster),
     # Slower, so that the stream outlasts three restarts of about 20 s each.
     pytest.param("cluster: rolling restart", "rolling restart", 15, id="rolling",
