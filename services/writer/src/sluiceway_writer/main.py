@@ -155,6 +155,8 @@ def run_migrate(args: argparse.Namespace) -> int:
     values = settings.resolve(args, MIGRATE_OPTIONS)
     logs.setup(values["log_level"], secrets=settings.secret_values(MIGRATE_OPTIONS, values))
     logging.getLogger("alembic").setLevel(values["log_level"])
+    # env.py's comparison plugins announce themselves as it loads them; no migration news.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.getLogger().level)
     try:
         schema.upgrade(values["database_url"])
     except schema.SchemaError as exc:

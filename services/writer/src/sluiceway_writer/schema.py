@@ -13,7 +13,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from sluiceway_common.sink import SinkSpec, TableName
-from sluiceway_writer import mapping
+from sluiceway_writer import mapping, tables
 
 
 class SchemaError(Exception):
@@ -54,9 +54,9 @@ def upgrade(database_url: str) -> None:
 
 
 async def current(conn: asyncpg.Connection) -> str | None:
-    if await conn.fetchval("SELECT to_regclass('alembic_version')") is None:
+    if await conn.fetchval("SELECT to_regclass($1)", tables.VERSION_TABLE) is None:
         return None
-    revision: str | None = await conn.fetchval("SELECT version_num FROM alembic_version")
+    revision: str | None = await conn.fetchval(f"SELECT version_num FROM {tables.VERSION_TABLE}")
     return revision
 
 
