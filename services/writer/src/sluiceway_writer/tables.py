@@ -3,7 +3,8 @@
 This module is the one statement of sluiceway's schema in code. The Alembic revisions in
 ``migrations/versions`` build the tables; this metadata says what they are once built, and
 ``alembic check`` (in ``make check``) fails when the two part. A schema change is made here
-first, then written as a revision with ``alembic revision --autogenerate`` and reviewed.
+first, then written as a revision with ``alembic revision --autogenerate`` and reviewed. The
+writer's SQL takes its table and column names from here.
 
 Only sluiceway's tables are here. A sink table (``SLUICEWAY_SINK_TABLE``) is the user's, made
 and migrated by the user's own tools; the comparison leaves out every table this metadata does
@@ -66,3 +67,14 @@ records_buffer = Table(
     Index(None, "pipeline", "id"),
     comment="sluiceway: rows of buffered-mode writers waiting to be merged into records",
 )
+
+
+def names(table: Table) -> dict[str, str]:
+    """What SQL written with ``str.format`` calls ``table`` by: ``{table}``, ``{primary_key}``
+    (its columns, in order) and each column by its own name. A name that leaves the metadata
+    is then a KeyError where the SQL is built, on import, rather than in the first batch."""
+    return {
+        "table": table.name,
+        "primary_key": ", ".join(column.name for column in table.primary_key.columns),
+        **{column.key: column.name for column in table.columns},
+    }
