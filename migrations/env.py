@@ -3,7 +3,7 @@
 The database URL comes from ``config.attributes["database_url"]`` when ``sluiceway migrate``
 calls in, otherwise from ``SLUICEWAY_DATABASE_URL``. The target is sluiceway's metadata
 (``sluiceway_writer.tables``), compared as ``sluiceway_writer.drift`` says, so that ``alembic
-check`` and ``alembic revision --autogenerate`` compare alike.
+check``, ``alembic revision --autogenerate`` and ``sluiceway migrate --stamp`` compare alike.
 """
 
 from __future__ import annotations
