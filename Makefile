@@ -15,6 +15,7 @@ MEMBERS := $(filter-out common,$(shell sed -n 's/^name = "sluiceway-\(.*\)"/\1/p
 TYPED := services/*/src operator/src migrations tests benchmarks scripts/*.py
 
 # The tests' real services; .ci/run and `make test` use the local ones unless these are set.
+# `make check`'s drift check makes its scratch database on the first one's server.
 export SLUICEWAY_TEST_DATABASE_URL ?= postgresql://sluiceway:sluiceway@127.0.0.1:5432/sluiceway
 export SLUICEWAY_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SLUICEWAY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
@@ -27,7 +28,7 @@ TAG ?= $(shell sed -n 's/^appVersion: *"\(.*\)"/\1/p' charts/sluiceway/Chart.yam
 DOCKER ?= docker
 HELM := .tools/bin/helm
 
-.PHONY: help install helm services run test test-faults test-cluster soak test-unit chart-lint images bench check lint format typecheck clean
+.PHONY: help install helm services run test test-faults test-cluster soak test-unit chart-lint images bench check lint format typecheck drift clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -84,7 +85,7 @@ bench: install services ## benchmarks, medians of rounds run side by side (not p
 	$(BIN)/python -m benchmarks.fetcher_budget
 	$(BIN)/python benchmarks/enqueue.py
 
-check: install lint typecheck ## lint and typecheck: what .ci/run holds the code to before the tests
+check: install lint typecheck drift ## lint, typecheck and the drift check: what .ci/run holds the code to before the tests
 
 lint: install ## ruff check and ruff format --check, over the whole repository
 	$(BIN)/ruff check .
@@ -98,6 +99,12 @@ format: install ## ruff format and autofix
 typecheck: install ## mypy --strict over the source, migrations, tests, benchmarks and scripts
 	$(SYNC) --group bench
 	$(BIN)/mypy $(TYPED)
+
+# The migrations' head against the tables in code (sluiceway_writer.tables), on a scratch
+# database migrated to head and dropped after (tests/scratch.py); PostgreSQL alone is needed.
+drift: install ## alembic check: the migrations and sluiceway_writer.tables agree (needs PostgreSQL)
+	@bash scripts/services.sh postgresql
+	$(BIN)/python -m tests.scratch $(BIN)/alembic -c migrations/alembic.ini check
 
 clean: ## remove .venv, .tools and .run
 	rm -rf $(VENV) .tools .run

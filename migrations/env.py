@@ -1,7 +1,9 @@
 """Alembic environment: runs migrations over asyncpg, one migrator at a time.
 
 The database URL comes from ``config.attributes["database_url"]`` when ``sluiceway migrate``
-calls in, otherwise from ``SLUICEWAY_DATABASE_URL``.
+calls in, otherwise from ``SLUICEWAY_DATABASE_URL``. The target is sluiceway's metadata
+(``sluiceway_writer.tables``), compared as ``sluiceway_writer.drift`` says, so that ``alembic
+check``, ``alembic revision --autogenerate`` and ``sluiceway migrate --stamp`` compare alike.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from sluiceway_writer import drift, tables
 
 # Any fixed number: every migrator takes the same lock, so two Jobs or two `sluiceway migrate`
 # runs at once apply each revision once. The lock is the session's, not the transaction's: a
@@ -47,7 +51,16 @@ def take_lock(connection: Connection) -> None:
 
 
 def migrate(connection: Connection) -> None:
-    context.configure(connection=connection, transaction_per_migration=False)
+    context.configure(
+        connection=connection,
+        transaction_per_migration=False,
+        version_table=tables.VERSION_TABLE,
+        target_metadata=tables.metadata,
+        compare_type=True,
+        compare_server_default=True,
+        include_name=drift.ours,
+        autogenerate_plugins=drift.PLUGINS,
+    )
     take_lock(connection)
     try:
         with context.begin_transaction():

@@ -8,6 +8,7 @@ Create Date: ${create_date}
 from collections.abc import Sequence
 
 from alembic import op
+${"import sqlalchemy as sa" if upgrades and "sa." in upgrades + downgrades else ""}
 ${imports if imports else ""}
 revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}

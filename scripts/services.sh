@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make PostgreSQL, RabbitMQ and Redis answer on loopback for `make run` and `make test`.
+# Make PostgreSQL, RabbitMQ and Redis answer on loopback for `make run` and `make test`; given
+# names (postgresql, redis, rabbitmq), only those (`make check` needs PostgreSQL alone).
 #
 # For each service: if it answers, use it; if it is installed but stopped, start it; if it is
 # missing and we are root, install it with apt and start it; otherwise stop with one line
@@ -131,6 +132,12 @@ ensure_rabbitmq() {
   say "RabbitMQ: management API up on 127.0.0.1:15672"
 }
 
-ensure_postgres
-ensure_redis
-ensure_rabbitmq
+[ $# -gt 0 ] || set -- postgresql redis rabbitmq
+for service in "$@"; do
+  case $service in
+    postgresql) ensure_postgres ;;
+    redis) ensure_redis ;;
+    rabbitmq) ensure_rabbitmq ;;
+    *) die "no service $service: expected postgresql, redis or rabbitmq" ;;
+  esac
+done

@@ -12,14 +12,13 @@ deleted after it.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import asyncpg
@@ -27,6 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sluiceway_common import store, topology
+from tests.scratch import at_head, create_database, drop_database, new_name
 
 
 @dataclass(frozen=True)
@@ -112,46 +112,17 @@ def services() -> Iterator[ServiceUrls]:
         )
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-async def create_database(admin_url: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(admin_url, name)
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def database_url(services: ServiceUrls) -> Iterator[str]:
     """A database of this test session's own, migrated to head."""
-    from sluiceway_writer import schema
-
-    name = f"sluiceway_test_{uuid.uuid4().hex[:10]}"
-    url = asyncio.run(create_database(services.database, name))
-    try:
-        schema.upgrade(url)
+    with at_head(services.database) as url:
         yield url
-    finally:
-        asyncio.run(drop_database(services.database, name))
 
 
 @pytest.fixture
 async def empty_database(services: ServiceUrls) -> AsyncIterator[str]:
     """A database of this test's own with no schema at all."""
-    name = f"sluiceway_test_{uuid.uuid4().hex[:10]}"
+    name = new_name()
     url = await create_database(services.database, name)
     try:
         yield url

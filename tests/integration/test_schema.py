@@ -1,4 +1,5 @@
-"""Migrations and the writer's refusal to run on a schema that is not at head."""
+"""Migrations, stamping tables made by hand, and the writer's refusal to run on a schema that
+is not at head."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from sluiceway_writer import schema
 from tests.conftest import ServiceUrls
+from tests.scratch import execute
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +133,112 @@ async def test_migrators_started_together_apply_each_revision_once(
         assert not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
     finally:
         await conn.close()
+
+
+# sluiceway's tables as a person might create them by hand, with a table of their own beside.
+BY_HAND = """
+CREATE TABLE records (pipeline text, key text, payload jsonb NOT NULL,
+    fetched_at timestamp with time zone NOT NULL,
+    written_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT records_pkey PRIMARY KEY (pipeline, key));
+CREATE INDEX records_pipeline_fetched_at ON records (pipeline, fetched_at);
+CREATE TABLE records_buffer (id bigint PRIMARY KEY GENERATED ALWAYS AS IDENTITY,
+    pipeline text NOT NULL, key text NOT NULL, payload jsonb NOT NULL,
+    fetched_at timestamptz NOT NULL, buffered_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX records_buffer_pipeline_id ON records_buffer (pipeline, id);
+COMMENT ON TABLE records IS 'sluiceway: the newest record of each key';
+COMMENT ON TABLE records_buffer IS
+    'sluiceway: rows of buffered-mode writers waiting to be merged into records';
+CREATE TABLE users (id bigint PRIMARY KEY, name text);
+"""
+
+
+def last_line(result: subprocess.CompletedProcess[str]) -> str:
+    """What ``sluiceway migrate`` said last on stderr, after Alembic's log lines."""
+    return result.stderr.strip().splitlines()[-1]
+
+
+async def test_stamp_records_head_in_tables_made_by_hand(
+    services: ServiceUrls, empty_database: str
+) -> None:
+    await execute(empty_database, BY_HAND)
+    stamped = sluiceway(empty_database, services.amqp, "migrate", "--stamp")
+    assert stamped.returncode == 0, stamped.stderr
+    assert stamped.stdout == f"database schema stamped at revision {schema.head()}\n"
+    conn = await asyncpg.connect(empty_database)
+    try:
+        assert await schema.check(conn) == schema.head()
+    finally:
+        await conn.close()
+    again = sluiceway(empty_database, services.amqp, "migrate", "--stamp")
+    assert again.stdout == f"database schema already at revision {schema.head()}\n"
+    assert sluiceway(empty_database, services.amqp, "migrate").returncode == 0
+
+
+async def test_stamp_refuses_tables_that_differ_and_says_each_difference(
+    services: ServiceUrls, empty_database: str
+) -> None:
+    await execute(
+        empty_database,
+        BY_HAND
+        + """
+        ALTER TABLE records ALTER payload TYPE json, ADD note text;
+        ALTER TABLE records_buffer ALTER buffered_at DROP DEFAULT, ALTER payload DROP NOT NULL;
+        DROP INDEX records_pipeline_fetched_at;
+        ALTER TABLE records_buffer DROP CONSTRAINT records_buffer_pkey, ADD PRIMARY KEY (id, key);
+        """,
+    )
+    refused = sluiceway(empty_database, services.amqp, "migrate", "--stamp")
+    assert refused.returncode == 3
+    said = f"sluiceway migrate: the tables differ from revision {schema.head()}'s, so the "
+    said += "database was not stamped: "
+    assert last_line(refused).startswith(said)
+    assert sorted(last_line(refused).removeprefix(said).split("; ")) == sorted(
+        [
+            "records.payload: type json where sluiceway has jsonb",
+            "records: column note is not sluiceway's",
+            "records: no index records_pipeline_fetched_at (pipeline, fetched_at)",
+            "records_buffer.buffered_at: default none where sluiceway has now()",
+            "records_buffer.payload: nullable where sluiceway has NOT NULL",
+            "records_buffer: no primary key records_buffer_pkey (id)",
+            "records_buffer: primary key records_buffer_pkey (id, key) is not sluiceway's",
+        ]
+    )
+    conn = await asyncpg.connect(empty_database)
+    try:  # nothing was stamped
+        assert await schema.current(conn) is None
+    finally:
+        await conn.close()
+
+
+async def test_stamp_refuses_an_empty_database_and_one_already_at_a_revision(
+    services: ServiceUrls, empty_database: str
+) -> None:
+    from alembic import command
+
+    empty = sluiceway(empty_database, services.amqp, "migrate", "--stamp")
+    assert empty.returncode == 3
+    assert last_line(empty) == (
+        "sluiceway migrate: the database has none of sluiceway's tables: "
+        "`sluiceway migrate` creates them"
+    )
+    await asyncio.to_thread(command.upgrade, schema.alembic_config(empty_database), "0001")
+    behind = sluiceway(empty_database, services.amqp, "migrate", "--stamp")
+    assert behind.returncode == 3
+    assert last_line(behind) == (
+        "sluiceway migrate: the database is at revision 0001 already: `sluiceway migrate` "
+        "brings it to head; --stamp is for a database without a revision"
+    )
+
+
+async def test_migrate_on_tables_made_by_hand_points_at_stamp(
+    services: ServiceUrls, empty_database: str
+) -> None:
+    await execute(empty_database, BY_HAND)
+    failed = sluiceway(empty_database, services.amqp, "migrate")
+    assert failed.returncode == 1
+    assert last_line(failed) == (
+        'sluiceway migrate: relation "records" already exists, though the database has no '
+        "revision: if its tables were made by hand, `sluiceway migrate --stamp` checks them and "
+        "records the revision"
+    )

@@ -145,37 +145,68 @@ def run_writer(args: argparse.Namespace) -> int:
 
 
 MIGRATE_OPTIONS = (settings.DATABASE_URL, settings.LOG_LEVEL)
+DUPLICATE_TABLE = "42P07"  # SQLSTATE: a revision creating a table the database already has
 
 
 def configure_migrate(parser: argparse.ArgumentParser) -> None:
     settings.add_options(parser, MIGRATE_OPTIONS)
+    parser.add_argument(
+        "--stamp",
+        action="store_true",
+        help="for tables made by hand: record the head revision without running a migration, "
+        "once the tables are found to be what the revisions make them (exit 3 naming each "
+        "difference otherwise)",
+    )
 
 
 def run_migrate(args: argparse.Namespace) -> int:
     values = settings.resolve(args, MIGRATE_OPTIONS)
     logs.setup(values["log_level"], secrets=settings.secret_values(MIGRATE_OPTIONS, values))
     logging.getLogger("alembic").setLevel(values["log_level"])
+    # env.py's comparison plugins announce themselves as it loads them, and --stamp's
+    # comparison each difference it finds, which its refusal says in one line: no migration
+    # news, so they stay at the libraries' level.
+    for chatty in ("alembic.runtime.plugins", "alembic.autogenerate"):
+        logging.getLogger(chatty).setLevel(logging.getLogger().level)
+    done = "at"
     try:
-        schema.upgrade(values["database_url"])
+        if not args.stamp:
+            schema.upgrade(values["database_url"])
+        elif schema.stamp(values["database_url"]):
+            done = "stamped at"
+        else:
+            done = "already at"
+    except schema.StampRefused as exc:
+        print(f"sluiceway migrate: {exc}", file=sys.stderr)
+        return 3
     except schema.SchemaError as exc:
         print(f"sluiceway migrate: {exc}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError, sqlalchemy.exc.DBAPIError) as exc:
         cause = getattr(exc, "orig", None) or exc
+        if getattr(cause, "sqlstate", None) == DUPLICATE_TABLE:
+            print(
+                f"sluiceway migrate: {cause}, though the database has no revision: if its "
+                "tables were made by hand, `sluiceway migrate --stamp` checks them and "
+                "records the revision",
+                file=sys.stderr,
+            )
+            return 1
         print(
             f"sluiceway migrate: cannot reach the database at "
             f"{settings.mask(values['database_url'])}: {type(cause).__name__}: {cause}",
             file=sys.stderr,
         )
         return 1
-    print(f"database schema at revision {schema.head()}")
+    print(f"database schema {done} revision {schema.head()}")
     return 0
 
 
 WRITER = Command("writer", "land records in PostgreSQL in batches", configure_writer, run_writer)
 MIGRATE = Command(
     "migrate",
-    "bring the database schema to head (alembic upgrade head)",
+    "bring the database schema to head (alembic upgrade head), or with --stamp record head "
+    "in a database whose tables were made by hand",
     configure_migrate,
     run_migrate,
 )

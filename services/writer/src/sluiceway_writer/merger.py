@@ -28,6 +28,7 @@ import asyncpg
 from sluiceway_common.amqp import BROKER_ERRORS
 from sluiceway_common.backoff import Backoff, Delays, pause
 from sluiceway_common.codec import Record
+from sluiceway_writer import tables
 from sluiceway_writer.sink import (
     DATABASE_ERRORS,
     RECORDS,
@@ -39,34 +40,37 @@ from sluiceway_writer.sink import (
 
 log = logging.getLogger(__name__)
 
+# records_buffer and its columns are named as the metadata names them (tables.py).
+BUFFER = tables.names(tables.records_buffer)
 # Returns how many buffered rows it took: that, not how many rows the upsert wrote (several
-# of one key collapse into one), tells whether the buffer is drained. {upsert} reads "moved".
+# of one key collapse into one), tells whether the buffer is drained. {upsert}, the target's
+# (kept through the names' format, filled by each Merger), reads "moved".
 MERGE = """
 WITH moved AS (
-    DELETE FROM records_buffer
-    WHERE id IN (
-        SELECT id FROM records_buffer WHERE pipeline = $1 ORDER BY id LIMIT $2
+    DELETE FROM {table}
+    WHERE {id} IN (
+        SELECT {id} FROM {table} WHERE {pipeline} = $1 ORDER BY {id} LIMIT $2
     )
-    RETURNING key, payload, fetched_at
+    RETURNING {key}, {payload}, {fetched_at}
 ), merged AS (
-{upsert}
+{{upsert}}
 )
 SELECT count(*) FROM moved
-"""
+""".format_map(BUFFER)
 # The same for given rows of the buffer, when a refused row is being isolated.
 MERGE_ROWS = """
 WITH moved AS (
-    DELETE FROM records_buffer WHERE pipeline = $1 AND id = ANY($2::bigint[])
-    RETURNING key, payload, fetched_at
+    DELETE FROM {table} WHERE {pipeline} = $1 AND {id} = ANY($2::bigint[])
+    RETURNING {key}, {payload}, {fetched_at}
 ), merged AS (
-{upsert}
+{{upsert}}
 )
 SELECT count(*) FROM moved
-"""
-OLDEST = "SELECT id FROM records_buffer WHERE pipeline = $1 ORDER BY id LIMIT $2"
+""".format_map(BUFFER)
+OLDEST = "SELECT {id} FROM {table} WHERE {pipeline} = $1 ORDER BY {id} LIMIT $2".format_map(BUFFER)
 TAKE = """
-DELETE FROM records_buffer WHERE id = ANY($1::bigint[]) RETURNING id, key, payload, fetched_at
-"""
+DELETE FROM {table} WHERE {id} = ANY($1::bigint[]) RETURNING {id}, {key}, {payload}, {fetched_at}
+""".format_map(BUFFER)
 # Two-key advisory lock: a fixed class for sluiceway's mergers, and the pipeline's hash.
 LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('sluiceway.merge'), hashtext($1))"
 

@@ -1,23 +1,33 @@
-"""The database schema: where the Alembic migrations are, applying them, and checking that a
-database is at the revision this code was written for; and checking a sink table (the
-user's own, which the migrations never touch) against its mapping."""
+"""The database schema: where the Alembic migrations are, applying them, stamping a database
+whose tables were made by hand, and checking that a database is at the revision this code was
+written for; and checking a sink table (the user's own, which the migrations never touch)
+against its mapping."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
 
 from sluiceway_common.sink import SinkSpec, TableName
-from sluiceway_writer import mapping
+from sluiceway_writer import drift, mapping, tables
 
 
 class SchemaError(Exception):
     """The database is not at this code's head revision; the message says what to do."""
+
+
+class StampRefused(SchemaError):
+    """``stamp`` found the tables other than the head revision makes them; the message says
+    how they differ."""
 
 
 def migrations_dir() -> Path:
@@ -53,10 +63,48 @@ def upgrade(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
+def stamp(database_url: str) -> bool:
+    """Record the head revision in a database whose tables were made by other means (``alembic
+    stamp head``), once they are found to be what the metadata says, compared as ``alembic
+    check`` compares: in the migration lock, in the transaction that stamps. False when the
+    database was at head already; :class:`StampRefused` when the tables differ or the database
+    is at another revision."""
+    config = alembic_config(database_url)
+    scripts = ScriptDirectory.from_config(config)
+    wanted = head()
+    stamped = False
+
+    def stamp_if_alike(heads: tuple[str, ...], context: MigrationContext) -> list[Any]:
+        nonlocal stamped
+        if heads == (wanted,):
+            return []
+        if heads:
+            raise StampRefused(
+                f"the database is at revision {', '.join(heads)} already: `sluiceway migrate` "
+                "brings it to head; --stamp is for a database without a revision"
+            )
+        if not set(tables.metadata.tables) & set(inspect(context.bind).get_table_names()):
+            raise StampRefused(
+                "the database has none of sluiceway's tables: `sluiceway migrate` creates them"
+            )
+        if differences := drift.differences(context):
+            raise StampRefused(
+                f"the tables differ from revision {wanted}'s, so the database was not stamped: "
+                + "; ".join(differences)
+            )
+        context.stamp(scripts, wanted)
+        stamped = True
+        return []
+
+    with EnvironmentContext(config, scripts, fn=stamp_if_alike):
+        scripts.run_env()
+    return stamped
+
+
 async def current(conn: asyncpg.Connection) -> str | None:
-    if await conn.fetchval("SELECT to_regclass('alembic_version')") is None:
+    if await conn.fetchval("SELECT to_regclass($1)", tables.VERSION_TABLE) is None:
         return None
-    revision: str | None = await conn.fetchval("SELECT version_num FROM alembic_version")
+    revision: str | None = await conn.fetchval(f"SELECT version_num FROM {tables.VERSION_TABLE}")
     return revision
 
 

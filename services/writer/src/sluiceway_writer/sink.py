@@ -26,6 +26,7 @@ import asyncpg
 
 from sluiceway_common.codec import Record
 from sluiceway_common.logs import error_text
+from sluiceway_writer import tables
 from sluiceway_writer.mapping import MappedTable
 
 # The database away, restarting or cutting a connection mid-statement: retry later. asyncpg
@@ -48,23 +49,25 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} (
 ) ON COMMIT DELETE ROWS
 """
 STAGE_COLUMNS = ("key", "payload", "fetched_at")
+# sluiceway's tables and columns are named as the metadata names them (tables.py); the
+# staging table and "moved" are the writer's own relations of records.
 UPSERT = """
-INSERT INTO records AS r (pipeline, key, payload, fetched_at)
+INSERT INTO {table} AS r ({pipeline}, {key}, {payload}, {fetched_at})
 SELECT $1, key, payload, fetched_at FROM sluiceway_stage ORDER BY key
-ON CONFLICT (pipeline, key) DO UPDATE
-    SET payload = EXCLUDED.payload, fetched_at = EXCLUDED.fetched_at, written_at = now()
-    WHERE r.fetched_at < EXCLUDED.fetched_at
-"""
+ON CONFLICT ({primary_key}) DO UPDATE
+    SET {payload} = EXCLUDED.{payload}, {fetched_at} = EXCLUDED.{fetched_at}, {written_at} = now()
+    WHERE r.{fetched_at} < EXCLUDED.{fetched_at}
+""".format_map(tables.names(tables.records))
 # The same from the rows a merge takes out of the buffer (the relation "moved"), which may
 # hold several of a key.
 MERGE_UPSERT = """
-INSERT INTO records AS r (pipeline, key, payload, fetched_at)
+INSERT INTO {table} AS r ({pipeline}, {key}, {payload}, {fetched_at})
 SELECT DISTINCT ON (key) $1, key, payload, fetched_at
 FROM moved ORDER BY key, fetched_at DESC
-ON CONFLICT (pipeline, key) DO UPDATE
-    SET payload = EXCLUDED.payload, fetched_at = EXCLUDED.fetched_at, written_at = now()
-    WHERE r.fetched_at < EXCLUDED.fetched_at
-"""
+ON CONFLICT ({primary_key}) DO UPDATE
+    SET {payload} = EXCLUDED.{payload}, {fetched_at} = EXCLUDED.{fetched_at}, {written_at} = now()
+    WHERE r.{fetched_at} < EXCLUDED.{fetched_at}
+""".format_map(tables.names(tables.records))
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class Target:
     pipeline: bool
 
 
-RECORDS = Target("records", UPSERT, MERGE_UPSERT, pipeline=True)
+RECORDS = Target(tables.records.name, UPSERT, MERGE_UPSERT, pipeline=True)
 
 
 def sink_target(table: MappedTable) -> Target:
@@ -162,7 +165,10 @@ async def isolating(
     return refused
 
 
-BUFFER_COLUMNS = ("pipeline", "key", "payload", "fetched_at")
+BUFFER_TABLE = tables.records_buffer.name
+BUFFER_COLUMNS = tuple(
+    tables.records_buffer.c[name].name for name in ("pipeline", "key", "payload", "fetched_at")
+)
 WRITE_MODES = ("direct", "buffered")
 
 
@@ -186,7 +192,7 @@ class Sink:
         if self._mode == "buffered":
             async with self._pool.acquire() as conn:
                 await conn.copy_records_to_table(
-                    "records_buffer",
+                    BUFFER_TABLE,
                     records=[(self._pipeline, r.key, r.payload, r.fetched_at) for r in rows],
                     columns=BUFFER_COLUMNS,
                 )
