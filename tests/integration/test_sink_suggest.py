@@ -183,6 +183,58 @@ async def test_the_suggested_table_holds_every_sample(
     assert back["seen_at"] == NOW - timedelta(seconds=5)
 
 
+async def test_the_alembic_revision_makes_the_same_table(
+    services: ServiceUrls, database_url: str, pipeline: str,
+    scratch: tuple[asyncpg.Connection, str],
+) -> None:  # fmt: skip
+    """``--alembic``: the same table as the ``CREATE TABLE``, by Alembic's own operations on
+    the real database, with each column's source as its comment and the settings kept."""
+    conn, schema = scratch
+    rows = [(pipeline, str(i), json.dumps(payload(i)), NOW - timedelta(seconds=i))
+            for i in range(60)]  # fmt: skip
+    await conn.executemany(
+        "INSERT INTO records (pipeline, key, payload, fetched_at) VALUES ($1, $2, $3, $4)", rows
+    )
+    by_sql = sluiceway(services, database_url, pipeline, "sink", "suggest", "--table",
+                       f"{schema}.people")  # fmt: skip
+    await conn.execute(ddl(by_sql.stdout))
+    result = sluiceway(services, database_url, pipeline, "sink", "suggest", "--alembic",
+                       "--table", f"{schema}.people_a")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    revision = result.stdout
+    assert re.search(r"^revision = '[0-9a-f]{12}'$", revision, re.M)
+    assert "down_revision = None  # your head revision" in revision
+    module: dict[str, Any] = {}
+    exec(compile(revision, "suggested_revision.py", "exec"), module)
+
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine("postgresql+asyncpg://",
+                                 async_creator=lambda: asyncpg.connect(database_url))  # fmt: skip
+    try:
+        async with engine.begin() as connection:
+
+            def upgrade(sync: Any) -> None:
+                with Operations.context(MigrationContext.configure(sync)):
+                    module["upgrade"]()
+
+            await connection.run_sync(upgrade)
+    finally:
+        await engine.dispose()
+    assert await column_types(conn, schema, "people_a") == await column_types(
+        conn, schema, "people")  # fmt: skip
+    comment = await conn.fetchval(
+        "SELECT col_description($1::regclass, attnum) FROM pg_attribute "
+        "WHERE attrelid = $1::regclass AND attname = 'contact_email'",
+        f"{schema}.people_a",
+    )
+    assert comment.startswith("/payload/contact/email: ")
+    sql_settings = env_lines(by_sql.stdout)
+    assert env_lines(revision)["SLUICEWAY_SINK_COLUMNS"] == sql_settings["SLUICEWAY_SINK_COLUMNS"]
+
+
 async def test_every_keyword_postgresql_reserves_is_quoted(
     scratch: tuple[asyncpg.Connection, str],
 ) -> None:

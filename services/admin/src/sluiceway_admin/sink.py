@@ -19,6 +19,7 @@ import re
 import shlex
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -213,6 +214,74 @@ def render(table: str, key_type: str, columns: list[Column], read: str, fields: 
     return "\n".join(lines) + "\n"
 
 
+# The SQLAlchemy type a suggested PostgreSQL type is written as in an Alembic revision.
+ALEMBIC_TYPES = {
+    "text": "sa.Text()", "bigint": "sa.BigInteger()", "numeric": "sa.Numeric()",
+    "boolean": "sa.Boolean()", "date": "sa.Date()", "timestamp": "sa.DateTime()",
+    "timestamptz": "sa.DateTime(timezone=True)", "jsonb": "postgresql.JSONB()",
+    "uuid": "sa.Uuid()",
+}  # fmt: skip
+
+
+def render_alembic(table: str, key_type: str, columns: list[Column], read: str, fields: int,
+                   revision: str) -> str:  # fmt: skip
+    """The suggestion as an Alembic revision for the user's own migrations directory: the
+    same table, each column's comment saying where its value is, and the writer's settings
+    in the docstring. ``down_revision`` is left for the user to set."""
+    schema, _, name = table.rpartition(".")
+    mapping = {VERSION_COLUMN: "/fetched_at", **{c.name: c.pointer for c in columns}}
+    rows = [
+        (KEY_COLUMN, key_type, False, "/key: the record's key"),
+        (VERSION_COLUMN, "timestamptz", False, "/fetched_at: when it was fetched; the newest wins"),
+        *((c.name, c.type, True, f"{c.pointer}: {c.note}") for c in columns),
+    ]  # fmt: skip
+    body = [f"        sa.Column({name_!r}, {ALEMBIC_TYPES[type_]}, nullable={nullable}, "
+            f"comment={comment!r}),"
+            for name_, type_, nullable, comment in rows]  # fmt: skip
+    where = f", schema={schema!r}" if schema else ""
+    settings_lines = [
+        f"SLUICEWAY_SINK_TABLE={shlex.quote(table)}",
+        f"SLUICEWAY_SINK_KEY={shlex.quote(KEY_COLUMN)}",
+        f"SLUICEWAY_SINK_COLUMNS={shlex.quote(orjson.dumps(mapping).decode())}",
+        f"SLUICEWAY_SINK_VERSION={shlex.quote(VERSION_COLUMN)}",
+    ]
+    about = (f"Suggested by `sluiceway sink suggest --alembic` from {printable(read)}: "
+             f"{fields:,} fields seen. Review it: the types fit these samples, not necessarily "
+             "every payload to come. Set down_revision to your head revision.")  # fmt: skip
+    doc = [f"sink table {table}", "", *textwrap.wrap(about, 92), "",
+           "The writer's settings for this table:", *settings_lines]  # fmt: skip
+    lines = [
+        # Raw, so that each setting reads in the file as it is meant to be copied.
+        'r"""' + "\n".join(doc).replace('"""', "'''"),
+        "",
+        f"Revision ID: {revision}",
+        "Revises:",
+        '"""',
+        "",
+        "import sqlalchemy as sa",
+        "from alembic import op",
+        "from sqlalchemy.dialects import postgresql",
+        "",
+        f"revision = {revision!r}",
+        "down_revision = None  # your head revision",
+        "branch_labels = None",
+        "depends_on = None",
+        "",
+        "",
+        "def upgrade() -> None:",
+        "    op.create_table(",
+        f"        {name!r},",
+        *body,
+        f"        sa.PrimaryKeyConstraint({KEY_COLUMN!r}){where},",
+        "    )",
+        "",
+        "",
+        "def downgrade() -> None:",
+        f"    op.drop_table({name!r}{where})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def table_name(text: str) -> str:
     """``--table``: ``name`` or ``schema.name``, each a lowercase identifier."""
     parts = text.split(".")
@@ -246,6 +315,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", metavar="NAME",
                         help="the table's name, NAME or SCHEMA.NAME (default: the pipeline's, "
                         "with - as _)")  # fmt: skip
+    parser.add_argument("--alembic", action="store_true",
+                        help="print the table as an Alembic revision (op.create_table) for "
+                        "your own migrations directory, the settings in its docstring")  # fmt: skip
     parser.add_argument("--key-type", choices=("auto", "text", "bigint", "uuid"),
                         default="auto", help="the key column's type (default auto: bigint when "
                         "every key sampled is an integer, uuid when every one is a UUID, else "
@@ -285,7 +357,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
     key_type = keys.type if args.key_type == "auto" else args.key_type
     columns = inference.columns(taken=(KEY_COLUMN, VERSION_COLUMN))
-    sys.stdout.write(render(table, key_type, columns, read, inference.fields_seen()))
+    if args.alembic:
+        sys.stdout.write(render_alembic(table, key_type, columns, read, inference.fields_seen(),
+                                        uuid.uuid4().hex[:12]))  # fmt: skip
+    else:
+        sys.stdout.write(render(table, key_type, columns, read, inference.fields_seen()))
     return 0
 
 
