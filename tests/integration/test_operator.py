@@ -185,16 +185,27 @@ def operator_access(api: ApplyingEmulator) -> set[tuple[str, str, str]]:
     return used
 
 
+# What kopf's scanning reads cluster-wide (CRDs and namespaces), which the in-process tests
+# turn off, and what kopf's peering uses, which they leave off (standalone).
+SCANNING = {("apiextensions.k8s.io", "customresourcedefinitions", verb)
+            for verb in ("get", "list", "watch")} | {
+            ("", "namespaces", "list"), ("", "namespaces", "watch")}  # fmt: skip
+PEERING_GROUP = "kopf.dev"
+
+
+def chart_access(values: Path | None = None) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) the chart grants the operator: its ClusterRole's, and with
+    ``values`` naming namespaces, their Roles' (each has the same rules)."""
+    docs = render(values)
+    roles = [*kinds(docs, "ClusterRole"), *kinds(docs, "Role")[:1]]
+    return {(group, resource, verb) for role in roles
+            for (group, resource), verbs in grants(role).items() for verb in verbs}  # fmt: skip
+
+
 def granted_access() -> set[tuple[str, str, str]]:
-    """(API group, resource, verb) the chart's ClusterRole grants in the namespaces: all but
-    reading CRDs and namespaces, which kopf's scanning does and the tests turn off."""
-    (cluster_role,) = kinds(render(None), "ClusterRole")
-    granted = {(group, resource, verb) for (group, resource), verbs in
-               grants(cluster_role).items() for verb in verbs}  # fmt: skip
-    scanning = {("apiextensions.k8s.io", "customresourcedefinitions", verb)
-                for verb in ("get", "list", "watch")} | {
-                ("", "namespaces", "list"), ("", "namespaces", "watch")}  # fmt: skip
-    return granted - scanning
+    """(API group, resource, verb) the chart's ClusterRole grants in the namespaces to a
+    standalone operator without kopf's scanning (the in-process tests' operator)."""
+    return {access for access in chart_access() - SCANNING if access[0] != PEERING_GROUP}
 
 
 def status_writes(api: ApplyingEmulator) -> list[dict[str, Any]]:
