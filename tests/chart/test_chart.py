@@ -93,17 +93,34 @@ def kinds(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc["kind"] == kind]
 
 
-def test_the_crd_is_installed_behind_its_value_and_kept_on_uninstall() -> None:
-    (definition,) = kinds(render(None), "CustomResourceDefinition")
-    assert definition["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+def test_the_crds_are_installed_behind_their_value_and_kept_on_uninstall() -> None:
+    definitions = kinds(render(None), "CustomResourceDefinition")
+    # The Pipeline's, and kopf's two peering kinds (either serves, as watchNamespaces says).
+    assert {(d["spec"]["names"]["kind"], d["spec"]["scope"]) for d in definitions} == {
+        ("Pipeline", "Namespaced"), ("KopfPeering", "Namespaced"),
+        ("ClusterKopfPeering", "Cluster")}  # fmt: skip
+    for definition in definitions:
+        assert definition["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        if definition["spec"]["group"] == "kopf.dev":
+            # kopf writes its records into the object's status: no status subresource.
+            (version,) = definition["spec"]["versions"]
+            assert version["name"] == "v1"
+            assert "subresources" not in version
+            status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+            assert status["x-kubernetes-preserve-unknown-fields"] is True
     assert not kinds(render(CHART / "ci" / "no-crds-values.yaml"), "CustomResourceDefinition")
 
 
 @pytest.mark.parametrize("values", VALUE_FILES, ids=ids)
-def test_the_operator_runs_unprivileged_alone(values: Path | None) -> None:
+def test_the_operator_runs_unprivileged_with_a_standby(values: Path | None) -> None:
     (deployment,) = kinds(render(values), "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    # A new pod is a standby until an old one stops: never fewer than the replicas.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}  # fmt: skip
+    (budget,) = kinds(render(values), "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -135,6 +152,8 @@ CLUSTER_READ = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "namespaces"): {"list", "watch"},
 }
+# The peering objects: created when absent, listed and watched; the operator's own patched.
+PEERING_VERBS = {"list", "watch", "create", "patch"}
 
 
 def grants(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -148,10 +167,23 @@ def grants(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return found
 
 
+def patched_by_name(role: dict[str, Any]) -> dict[str, list[str]]:
+    """The resources whose patch a rule limits to named objects: resource -> the names."""
+    return {resource: rule["resourceNames"] for rule in role["rules"] if "resourceNames" in rule
+            for resource in rule["resources"]}  # fmt: skip
+
+
 def test_rbac_grants_only_what_the_operator_uses() -> None:
-    (cluster_role,) = kinds(render(None), "ClusterRole")
-    assert grants(cluster_role) == CLUSTER_READ | NAMESPACED
-    assert not kinds(render(None), "Role")
+    docs = render(None)
+    (cluster_role,) = kinds(docs, "ClusterRole")
+    assert grants(cluster_role) == CLUSTER_READ | NAMESPACED | {
+        ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS}  # fmt: skip
+    assert not kinds(docs, "Role")
+    # The one peering object it may patch is the one it is told to use.
+    peering = operator_env(docs)["SLUICEWAY_OPERATOR_PEERING"]
+    assert patched_by_name(cluster_role) == {"clusterkopfpeerings": [peering]}
+    for rule in cluster_role["rules"]:
+        assert "resourceNames" not in rule or rule["verbs"] == ["patch"]
 
     namespaced = render(CHART / "ci" / "namespaced-values.yaml")
     (cluster_role,) = kinds(namespaced, "ClusterRole")
@@ -159,7 +191,8 @@ def test_rbac_grants_only_what_the_operator_uses() -> None:
     roles = kinds(namespaced, "Role")
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     for role in roles:
-        assert grants(role) == NAMESPACED
+        assert grants(role) == NAMESPACED | {("kopf.dev", "kopfpeerings"): PEERING_VERBS}
+        assert patched_by_name(role) == {"kopfpeerings": [peering]}
     bindings = kinds(namespaced, "RoleBinding")
     assert {b["subjects"][0]["namespace"] for b in bindings} == {"sluiceway"}
 
@@ -236,9 +269,10 @@ def test_the_network_policy_and_pod_monitor_select_the_pods_the_operator_makes()
 
 
 def operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The operator's environment variables given as values (not those from a field)."""
     (deployment,) = kinds(docs, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return {env["name"]: env["value"] for env in container["env"]}
+    return {env["name"]: env["value"] for env in container["env"] if "value" in env}
 
 
 def pipeline_images(values: Path | None) -> tuple[str, str]:
@@ -261,3 +295,26 @@ def test_the_operator_gives_pipelines_its_own_releases_images(tmp_path: Path) ->
     operator = {"repository": "registry.example/ops/controller", "pullPolicy": "Always"}
     unsuffixed.write_text(yaml.safe_dump({"operator": {"image": operator}}))
     assert pipeline_images(unsuffixed) == ("", "")
+
+
+def test_the_replicas_share_one_peering_object_per_release(tmp_path: Path) -> None:
+    docs = render(None)
+    env = operator_env(docs)
+    # The release's name: two releases in one cluster never pause each other.
+    assert env["SLUICEWAY_OPERATOR_PEERING"] == "release-sluiceway"
+    assert env["SLUICEWAY_OPERATOR_PEERING_LIFETIME"] == "30"
+    (deployment,) = kinds(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (pod_id,) = [e for e in container["env"] if e["name"] == "POD_ID"]
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+    # One replica: no budget (it would block every drain), still peering and rolling.
+    alone = tmp_path / "alone-values.yaml"
+    operator = {"replicas": 1, "peering": {"lifetimeSeconds": 60}}
+    alone.write_text(yaml.safe_dump({"operator": operator}))
+    docs = render(alone)
+    (deployment,) = kinds(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert not kinds(docs, "PodDisruptionBudget")
+    assert operator_env(docs)["SLUICEWAY_OPERATOR_PEERING_LIFETIME"] == "60"

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from aio_pika.abc import AbstractConnection
 from prometheus_client import CollectorRegistry
 
 from sluiceway_common import store, topology
-from sluiceway_operator import crd, metrics
+from sluiceway_operator import crd, metrics, peering
 from sluiceway_operator.kube import FIELD_MANAGER
+from sluiceway_operator.peering import Peering
 from sluiceway_operator.spec import NO_DEFAULTS, Defaults, Image
 from tests.chart.test_chart import grants, kinds, render
 from tests.conftest import ServiceUrls
@@ -52,6 +54,8 @@ RESOURCES = {
     "apps/v1/deployments": ("Deployment", True),
     "batch/v1/jobs": ("Job", True),
     "batch/v1/cronjobs": ("CronJob", True),
+    "kopf.dev/v1/kopfpeerings": ("KopfPeering", True),
+    "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", False),
 }
 APPLY_PATCH = "application/apply-patch+yaml"
 
@@ -115,6 +119,7 @@ class Cluster:
             "Deployment": ("apis/apps/v1", "deployments"),
             "Job": ("apis/batch/v1", "jobs"),
             "CronJob": ("apis/batch/v1", "cronjobs"),
+            "KopfPeering": ("apis/kopf.dev/v1", "kopfpeerings"),
         }[kind]
         return f"/{prefix}/namespaces/{NAMESPACE}/{plural}" + (f"/{name}" if name else "")
 
@@ -132,6 +137,17 @@ class Cluster:
             headers={"Content-Type": "application/merge-patch+json"},
         )
         response.raise_for_status()
+
+    async def connections(self, services: ServiceUrls) -> None:
+        """The connections Secret ``conn``, with the URLs of the real services."""
+        urls = {"DATABASE_URL": services.database, "AMQP_URL": services.amqp,
+                "REDIS_URL": services.redis,
+                "MANAGEMENT_URL": services.management_api()}  # fmt: skip
+        await self.create({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "conn", "namespace": NAMESPACE},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in urls.items()},
+        })  # fmt: skip
 
     async def delete(self, kind: str, name: str) -> None:
         (await self.http.delete(self.path(kind, name))).raise_for_status()
@@ -185,16 +201,27 @@ def operator_access(api: ApplyingEmulator) -> set[tuple[str, str, str]]:
     return used
 
 
+# What kopf's scanning reads cluster-wide (CRDs and namespaces), which the in-process tests
+# turn off, and what kopf's peering uses, which they leave off (standalone).
+SCANNING = {("apiextensions.k8s.io", "customresourcedefinitions", verb)
+            for verb in ("get", "list", "watch")} | {
+            ("", "namespaces", "list"), ("", "namespaces", "watch")}  # fmt: skip
+PEERING_GROUP = "kopf.dev"
+
+
+def chart_access(values: Path | None = None) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) the chart grants the operator: its ClusterRole's, and with
+    ``values`` naming namespaces, their Roles' (each has the same rules)."""
+    docs = render(values)
+    roles = [*kinds(docs, "ClusterRole"), *kinds(docs, "Role")[:1]]
+    return {(group, resource, verb) for role in roles
+            for (group, resource), verbs in grants(role).items() for verb in verbs}  # fmt: skip
+
+
 def granted_access() -> set[tuple[str, str, str]]:
-    """(API group, resource, verb) the chart's ClusterRole grants in the namespaces: all but
-    reading CRDs and namespaces, which kopf's scanning does and the tests turn off."""
-    (cluster_role,) = kinds(render(None), "ClusterRole")
-    granted = {(group, resource, verb) for (group, resource), verbs in
-               grants(cluster_role).items() for verb in verbs}  # fmt: skip
-    scanning = {("apiextensions.k8s.io", "customresourcedefinitions", verb)
-                for verb in ("get", "list", "watch")} | {
-                ("", "namespaces", "list"), ("", "namespaces", "watch")}  # fmt: skip
-    return granted - scanning
+    """(API group, resource, verb) the chart's ClusterRole grants in the namespaces to a
+    standalone operator without kopf's scanning (the in-process tests' operator)."""
+    return {access for access in chart_access() - SCANNING if access[0] != PEERING_GROUP}
 
 
 def status_writes(api: ApplyingEmulator) -> list[dict[str, Any]]:
@@ -244,19 +271,21 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 
 @contextlib.asynccontextmanager
-async def running_operator(defaults: Defaults = NO_DEFAULTS) -> AsyncIterator[CollectorRegistry]:
+async def running_operator(defaults: Defaults = NO_DEFAULTS, sharing: Peering | None = None
+                           ) -> AsyncIterator[CollectorRegistry]:  # fmt: skip
     """The operator's handlers under kopf, as ``sluiceway operator`` runs them (with
-    ``defaults`` from its settings); yields the registry its metrics go to."""
+    ``defaults`` and ``sharing``, its peering, from its settings: by default standalone);
+    yields the registry its metrics go to."""
     import sluiceway_operator.handlers  # noqa: F401 -- registers the handlers
 
     registry = CollectorRegistry()
-    memo = kopf.Memo(metrics=metrics.register(registry), defaults=defaults)
+    memo = kopf.Memo(metrics=metrics.register(registry), defaults=defaults, peering=sharing)
     settings = kopf.OperatorSettings()
+    peering.configure(settings, sharing, time.time())
     settings.scanning.disabled = True  # kmock serves no cluster-wide resource scanning
     stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(kopf.operator(
-        standalone=True, namespaces=[NAMESPACE], settings=settings, stop_flag=stop,
-        memo=memo))  # fmt: skip
+        namespaces=[NAMESPACE], settings=settings, stop_flag=stop, memo=memo))  # fmt: skip
     try:
         yield registry
     finally:

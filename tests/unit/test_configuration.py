@@ -19,7 +19,7 @@ import pytest
 from sluiceway_common import COMMAND_GROUP, settings
 from sluiceway_common.settings import Option, Settings
 from sluiceway_operator import crd
-from sluiceway_operator.main import IMAGE_REPOSITORY, REPOSITORY, TAG
+from sluiceway_operator.main import IMAGE_REPOSITORY, PEERING_LIFETIME, REPOSITORY, TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 # Read by the writer and `migrate` from the environment alone, to find the Alembic scripts.
@@ -173,3 +173,14 @@ def test_the_charts_pipeline_images_are_held_to_the_operators_settings() -> None
     assert IMAGE_REPOSITORY.parse(longest) == longest
     with pytest.raises(ValueError):
         IMAGE_REPOSITORY.parse(longest + "r")
+
+
+def test_the_charts_peering_lifetime_is_held_to_the_operators_setting() -> None:
+    schema = json.loads((ROOT / "charts/sluiceway/values.schema.json").read_text())
+    lifetime = schema["properties"]["operator"]["properties"]["peering"]["properties"][
+        "lifetimeSeconds"]  # fmt: skip
+    bounds = PEERING_LIFETIME.bounds
+    assert bounds is not None
+    assert (lifetime["minimum"], lifetime["maximum"]) == (bounds.low, bounds.high)
+    assert lifetime["type"] == "integer"
+    assert bounds.integral

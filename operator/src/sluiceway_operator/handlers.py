@@ -13,7 +13,9 @@ wrote to Redis and its feeds' run records.
 Per Pipeline, kopf's memo keeps a :class:`Kept`; the operator-wide memo keeps the
 Kubernetes client (``kube``), the metrics (``metrics``, when ``sluiceway operator`` passes
 them), what a Pipeline may leave out (``defaults``: the images of the operator's release,
-from its settings) and every Kept by uid (``pipelines``), to close their connections at exit.
+from its settings), the peering objects to create when absent (``peering``, when the
+operator's replicas share them: see :mod:`~sluiceway_operator.peering`) and every Kept by uid
+(``pipelines``), to close their connections at exit.
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ from sluiceway_operator.controller import Controller, SecretProblem, read_connec
 from sluiceway_operator.kube import Kube
 from sluiceway_operator.metrics import OperatorMetrics
 from sluiceway_operator.migration import Event
+from sluiceway_operator.peering import Peering
 from sluiceway_operator.poll import Poll
 from sluiceway_operator.spec import NO_DEFAULTS, InvalidSpec, parse
 
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
 DEFAULT_POLL = float(crd.SPEC["properties"]["pollIntervalSeconds"]["default"])
+PEERING_RETRY = 10.0  # seconds between attempts to create a missing peering object
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -134,6 +140,29 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.setdefault("pipelines", {})
     memo.setdefault("named", {})  # (namespace, name) -> Kept, for the feeds' Jobs to find
     memo.setdefault("defaults", NO_DEFAULTS)
+
+
+# After startup (kopf runs a module's startup handlers in order), which made memo["kube"];
+# before kopf's peering begins, which waits for the objects. Retried until made.
+@kopf.on.startup(backoff=PEERING_RETRY)
+async def peering_objects(memo: kopf.Memo, **_: Any) -> None:
+    """Create the peering objects that are not there (see :mod:`~sluiceway_operator.peering`):
+    without them kopf would keep every replica paused, and say nothing."""
+    if not isinstance(peering := memo.get("peering"), Peering):
+        return  # standalone
+    kube: Kube = memo["kube"]
+    for body in peering.objects():
+        meta = body["metadata"]
+        where = f"{body['kind']} {meta['name']}" + (
+            f" in {meta['namespace']}" if "namespace" in meta else "")  # fmt: skip
+        try:
+            if await kube.create(body):
+                log.info("created the peering object %s", where)
+        except ApiError as exc:
+            raise kopf.TemporaryError(
+                f"cannot create the peering object {where}: {exc} (the kopf.dev peering CRDs "
+                "are installed with the chart's crds.install; the operator waits for them)",
+                delay=PEERING_RETRY) from exc  # fmt: skip
 
 
 @kopf.on.cleanup()

@@ -1,10 +1,11 @@
 """The operator's client for the objects it keeps: its children and the connections Secret.
 
 kopf watches Pipelines, patches their status and posts Events with its own client; the
-ConfigMaps, Deployments, Jobs and CronJobs of a Pipeline, and its connections Secret, go
-through this one. Children are *applied* server-side (``PATCH`` as
-``application/apply-patch+yaml``) under the field manager ``sluiceway-operator``, forced: the
-operator owns every field it sets, and takes one back from any other manager that changed it.
+ConfigMaps, Deployments, Jobs and CronJobs of a Pipeline, its connections Secret, and the
+peering objects the operator creates when absent, go through this one. Children are
+*applied* server-side (``PATCH`` as ``application/apply-patch+yaml``) under the field manager
+``sluiceway-operator``, forced: the operator owns every field it sets, and takes one back
+from any other manager that changed it.
 
 It logs in as kopf does, with the pod's service account, else kubeconfig. lightkube reads the
 service-account token once, so a 401 (the kubelet rotated the token under the running pod)
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.core.client import LabelSelector
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import CronJob, Job
 from lightkube.resources.core_v1 import ConfigMap, Secret
@@ -39,6 +41,11 @@ KINDS: dict[str, type[ConfigMap | Secret | Deployment | Job | CronJob]] = {
     "Job": Job,
     "CronJob": CronJob,
 }
+
+# kopf's peering objects, which the operator creates when absent (see peering): made known
+# to lightkube's codecs, so that :meth:`Kube.create` takes them.
+create_namespaced_resource("kopf.dev", "v1", "KopfPeering", "kopfpeerings")
+create_global_resource("kopf.dev", "v1", "ClusterKopfPeering", "clusterkopfpeerings")
 
 T = TypeVar("T")
 

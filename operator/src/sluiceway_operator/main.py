@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,8 @@ from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import StartupError, run_until_signalled
 from sluiceway_common.observe import Observer
 from sluiceway_common.settings import ConfigError
-from sluiceway_operator import crd
+from sluiceway_operator import crd, peering
+from sluiceway_operator.peering import Peering
 from sluiceway_operator.spec import NO_DEFAULTS, Defaults, Image
 
 NAMESPACES = settings.Option(
@@ -60,7 +63,26 @@ IMAGE_TAG = settings.Option(
     allowed="an image tag (1-128 of letters, digits, _ . -, not starting with . or -), or empty",
     default="",
 )
-OPTIONS = (NAMESPACES, IMAGE_REPOSITORY, IMAGE_TAG, settings.METRICS_PORT, settings.LOG_LEVEL)
+# A Kubernetes object's name (an RFC 1123 subdomain), and a namespace's (a DNS label).
+OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+PEERING = settings.Option(
+    "SLUICEWAY_OPERATOR_PEERING",
+    matching(OBJECT_NAME, 253),
+    "name of the kopf peering object(s) the operator's replicas share, so that one acts and "
+    "the others stand by (empty: no peering, the operator acts alone)",
+    allowed="a Kubernetes object name (lowercase letters, digits, - and ., at most 253), or empty",
+    default="",
+)
+PEERING_LIFETIME = settings.Option(
+    "SLUICEWAY_OPERATOR_PEERING_LIFETIME",
+    settings.integer(5, 3600, unit="seconds"),
+    "how long a replica's peering record holds unrenewed: the longest a standby waits for an "
+    "active replica lost without exiting",
+    default="30",
+)
+OPTIONS = (NAMESPACES, IMAGE_REPOSITORY, IMAGE_TAG, PEERING, PEERING_LIFETIME,
+           settings.METRICS_PORT, settings.LOG_LEVEL)  # fmt: skip
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -78,6 +100,19 @@ def pipeline_defaults(values: dict[str, Any]) -> Defaults:
     return Defaults(Image(repository, tag) if repository else None)
 
 
+def peering_of(values: dict[str, Any]) -> Peering | None:
+    """What the operator's replicas share, from its resolved settings; None: no peering.
+    Namespaces must be named, not matched by a pattern: a peering object goes in each."""
+    if not (name := values["operator_peering"]):
+        return None
+    namespaces: tuple[str, ...] = values["operator_namespaces"]
+    if patterns := [each for each in namespaces if not NAMESPACE_NAME.fullmatch(each)]:
+        raise ConfigError(f"{NAMESPACES.env} has {', '.join(map(repr, patterns))}, not a "
+                          f"namespace's name: with {PEERING.env} set, name each namespace "
+                          "(a peering object goes in each), or leave it empty for all")  # fmt: skip
+    return Peering(name, values["operator_peering_lifetime"], namespaces)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", nargs="?", choices=("run", "crd"), default="run",
                         help="run the operator (default), or print the CRD as YAML")  # fmt: skip
@@ -87,11 +122,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(namespaces: tuple[str, ...], metrics_port: int, stop: asyncio.Event,
-                defaults: Defaults = NO_DEFAULTS) -> int:  # fmt: skip
+                defaults: Defaults = NO_DEFAULTS,
+                sharing: Peering | None = None) -> int:  # fmt: skip
     import kopf
 
     import sluiceway_operator.handlers  # noqa: F401 -- registers the handlers
     from sluiceway_operator import metrics
+
+    kopf_settings = kopf.OperatorSettings()
+    peering.configure(kopf_settings, sharing, time.time())
 
     async with Observer(metrics_port) as observer:
         ready = asyncio.Event()
@@ -102,12 +141,14 @@ async def serve(namespaces: tuple[str, ...], metrics_port: int, stop: asyncio.Ev
 
         observer.add_check("operator", watching)
         await kopf.operator(
-            standalone=True,  # one replica (the chart's Deployment is Recreate): no peering
             clusterwide=not namespaces,
             namespaces=namespaces,
+            settings=kopf_settings,
             stop_flag=stop,
             ready_flag=ready,
-            memo=kopf.Memo(metrics=metrics.register(observer.registry), defaults=defaults),
+            memo=kopf.Memo(
+                metrics=metrics.register(observer.registry), defaults=defaults, peering=sharing
+            ),
         )
     return 0
 
@@ -121,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     values = settings.resolve(args, OPTIONS)
     defaults = pipeline_defaults(values)
+    sharing = peering_of(values)
     if not (os.path.exists(SERVICE_ACCOUNT_TOKEN) or os.environ.get("KUBECONFIG")
             or os.path.exists(os.path.expanduser("~/.kube/config"))):  # fmt: skip
         raise StartupError(
@@ -128,8 +170,16 @@ def run(args: argparse.Namespace) -> int:
             "~/.kube/config is there"
         )
     logs.setup(values["log_level"])
+    if sharing is not None:
+        # kopf says at INFO when a replica pauses for a peer and when it resumes: the two
+        # lines that tell which replica acts.
+        logging.getLogger("kopf._core.engines.peering").setLevel(
+            max(logging.INFO, logging.getLevelNamesMapping()[values["log_level"]])
+        )
     return run_until_signalled(
-        lambda stop: serve(values["operator_namespaces"], values["metrics_port"], stop, defaults)
+        lambda stop: serve(
+            values["operator_namespaces"], values["metrics_port"], stop, defaults, sharing
+        )
     )
 
 

@@ -39,6 +39,21 @@ def test_help_lists_every_subcommand() -> None:
         (("status", "--pipeline", "Bad Name"), "--pipeline='Bad Name'", "lowercase"),
         (("writer", "--write-mode", "fast"), "--write-mode='fast'", "direct or buffered"),
         (("writer", "--batch-max-bytes", "10"), "--batch-max-bytes='10'", "from 1024"),
+        (
+            ("operator", "--operator-peering", "Ops_Peering"),
+            "--operator-peering='Ops_Peering'",
+            "a Kubernetes object name",
+        ),
+        (
+            ("operator", "--operator-peering-lifetime", "1"),
+            "--operator-peering-lifetime='1'",
+            "seconds, an integer from 5 to 3600",
+        ),
+        (
+            ("operator", "--operator-peering", "ops", "--operator-namespaces", "team-*"),
+            "SLUICEWAY_OPERATOR_NAMESPACES has 'team-*'",
+            "name each namespace",
+        ),
     ],
 )
 def test_bad_config_exits_2_with_one_line(
