@@ -71,8 +71,11 @@ async def test_writer_sigkilled_at_random_points_of_a_batch(
         async with upstream.serving() as source:
             pipe = Pipeline(processes, source)
             fetcher = pipe.fetcher(SLUICEWAY_RATE_LIMIT="150")
-            await enqueue(amqp_connection, pipeline, keys)
             for kill_number in range(3):
+                # A third of the keys for each life, queued as it starts: records the lives
+                # before it cannot have written, so each has a first batch to land however
+                # slowly the writers start (the fetcher alone takes 8 s for all of them).
+                await enqueue(amqp_connection, pipeline, keys[kill_number::3])
                 held = kill_number == 2
                 writer = pipe.writer(
                     **settings, SLUICEWAY_DATABASE_URL=proxy.url if held else database_url
