@@ -48,7 +48,7 @@ make_python_base() { # name
     [ -d "$stale" ] && ! kill -0 "${stale##*.}" 2>/dev/null && discard_root "$stale"
   done
   mkdir -p "$WORK/debs"
-  trap 'discard_root "$root"' EXIT
+  trap "discard_root '$root'" EXIT  # $root is gone (local) by the time the trap runs
   from=$(mirror)
   say "debootstrap bookworm with python3.11 from $from (a few minutes; log: $WORK/debootstrap.log)"
   debootstrap --variant=minbase --include=python3.11,ca-certificates --cache-dir="$WORK/debs" \
@@ -57,7 +57,7 @@ make_python_base() { # name
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin \
     "$root"/var/lib/apt/lists/* "$root"/usr/share/{doc,man,info,locale}/* "$root"/etc/resolv.conf
   cp "$CA_BUNDLE" "$root/etc/ssl/certs/ca-certificates.crt"
-  tar --numeric-owner -C "$root" -c . | podman import \
+  tar --numeric-owner -C "$root" -c . | podman import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' - "$1" >/dev/null
 }
@@ -81,7 +81,7 @@ uv_base() { # uv
       say "note: uv $version here; the Dockerfile's UV_IMAGE is $(sed -n 's/^ARG UV_IMAGE=//p' Dockerfile)"
     dir=$(mktemp -d)
     cp "$uv" "$dir/uv"
-    tar --numeric-owner -C "$dir" -c uv | podman import - "$name" >/dev/null
+    tar --numeric-owner -C "$dir" -c uv | podman import --quiet - "$name" >/dev/null
     rm -rf "$dir"
   fi
   echo "$name"
