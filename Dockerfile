@@ -3,7 +3,8 @@
 # sample-api) and the image holds sluiceway-MEMBER, the shared library and their dependencies,
 # nothing else. Build from the repository root (`make images` builds them all):
 #   docker build --build-arg MEMBER=fetcher -t sluiceway-fetcher .
-# The bases are build arguments so that a build can point at local or mirrored copies.
+# The bases are build arguments so that a build can point at local or mirrored copies
+# (`make images-local` builds these images with podman on bases made here).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.8
 
@@ -18,6 +19,10 @@ RUN find /src -type f ! -name pyproject.toml ! -name uv.lock -delete \
 
 FROM ${PYTHON_IMAGE} AS build
 ARG MEMBER
+# `true` where PyPI is reached through a TLS-inspecting proxy whose authority the base image
+# trusts (`make images-local` puts the host's CA bundle in its base): uv then reads the
+# system's certificates. Only the RUN lines see it; the image does not keep it.
+ARG UV_SYSTEM_CERTS=false
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/venv

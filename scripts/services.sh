@@ -12,7 +12,6 @@ set -euo pipefail
 
 RUN_DIR=${RUN_DIR:-$(pwd)/.run}
 mkdir -p "$RUN_DIR"
-APT_UPDATED=0
 
 say() { printf 'services: %s\n' "$*"; }
 die() { printf 'services: %s\n' "$*" >&2; exit 1; }
@@ -23,17 +22,8 @@ wait_port() { # port seconds
   for ((i = 0; i < $2 * 2; i++)); do port_open "$1" && return 0; sleep 0.5; done
   return 1
 }
-apt_install() {
-  is_root || return 1
-  command -v apt-get >/dev/null || return 1
-  if [ "$APT_UPDATED" = 0 ]; then
-    say "apt-get update"
-    apt-get update -qq >/dev/null
-    APT_UPDATED=1
-  fi
-  say "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+# shellcheck source=scripts/apt.sh
+. "$(dirname "$0")/apt.sh"
 
 ensure_postgres() {
   if [ -n "${SLUICEWAY_DATABASE_URL:-}" ]; then say "PostgreSQL: using SLUICEWAY_DATABASE_URL"; return; fi
