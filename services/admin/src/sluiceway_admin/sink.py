@@ -33,6 +33,7 @@ from sluiceway_admin import listing
 from sluiceway_admin.infer import Column, Inference, KeyType, name_of, quoted
 from sluiceway_admin.sources import BadInput, file_keys
 from sluiceway_common import codec, logs, settings
+from sluiceway_common import sink as sink_settings
 from sluiceway_common.cli import Command
 from sluiceway_common.lifecycle import StartupError, reach
 from sluiceway_common.limiter import SharedLimiter
@@ -174,6 +175,17 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+def settings_lines(table: str, columns: list[Column]) -> list[str]:
+    """The writer's ``SLUICEWAY_SINK_*`` settings for the suggested table, as shell lines."""
+    mapping = {VERSION_COLUMN: "/fetched_at", **{c.name: c.pointer for c in columns}}
+    return [
+        f"{sink_settings.SINK_TABLE.env}={shlex.quote(table)}",
+        f"{sink_settings.SINK_KEY.env}={shlex.quote(KEY_COLUMN)}",
+        f"{sink_settings.SINK_COLUMNS.env}={shlex.quote(orjson.dumps(mapping).decode())}",
+        f"{sink_settings.SINK_VERSION.env}={shlex.quote(VERSION_COLUMN)}",
+    ]
+
+
 def render(table: str, key_type: str, columns: list[Column], read: str, fields: int) -> str:
     """The suggestion: a commented ``CREATE TABLE``, then the writer's settings for it."""
     rows = [
@@ -191,7 +203,6 @@ def render(table: str, key_type: str, columns: list[Column], read: str, fields: 
     body = [
         f"    {line:<{width}}  -- {row[3]}" for line, row in zip(definitions, rows, strict=True)
     ]
-    mapping = {VERSION_COLUMN: "/fetched_at", **{c.name: c.pointer for c in columns}}
     about = (
         f"Suggested by `sluiceway sink suggest` from {read}: {fields:,} fields seen. Review "
         "it, then put it in a migration of your own: the types fit these samples, not "
@@ -206,10 +217,7 @@ def render(table: str, key_type: str, columns: list[Column], read: str, fields: 
         ");",
         "",
         "# The writer's settings for this table:",
-        f"SLUICEWAY_SINK_TABLE={shlex.quote(table)}",
-        f"SLUICEWAY_SINK_KEY={shlex.quote(KEY_COLUMN)}",
-        f"SLUICEWAY_SINK_COLUMNS={shlex.quote(orjson.dumps(mapping).decode())}",
-        f"SLUICEWAY_SINK_VERSION={shlex.quote(VERSION_COLUMN)}",
+        *settings_lines(table, columns),
     ]
     return "\n".join(lines) + "\n"
 
@@ -229,7 +237,6 @@ def render_alembic(table: str, key_type: str, columns: list[Column], read: str, 
     same table, each column's comment saying where its value is, and the writer's settings
     in the docstring. ``down_revision`` is left for the user to set."""
     schema, _, name = table.rpartition(".")
-    mapping = {VERSION_COLUMN: "/fetched_at", **{c.name: c.pointer for c in columns}}
     rows = [
         (KEY_COLUMN, key_type, False, "/key: the record's key"),
         (VERSION_COLUMN, "timestamptz", False, "/fetched_at: when it was fetched; the newest wins"),
@@ -239,17 +246,11 @@ def render_alembic(table: str, key_type: str, columns: list[Column], read: str, 
             f"comment={comment!r}),"
             for name_, type_, nullable, comment in rows]  # fmt: skip
     where = f", schema={schema!r}" if schema else ""
-    settings_lines = [
-        f"SLUICEWAY_SINK_TABLE={shlex.quote(table)}",
-        f"SLUICEWAY_SINK_KEY={shlex.quote(KEY_COLUMN)}",
-        f"SLUICEWAY_SINK_COLUMNS={shlex.quote(orjson.dumps(mapping).decode())}",
-        f"SLUICEWAY_SINK_VERSION={shlex.quote(VERSION_COLUMN)}",
-    ]
     about = (f"Suggested by `sluiceway sink suggest --alembic` from {printable(read)}: "
              f"{fields:,} fields seen. Review it: the types fit these samples, not necessarily "
              "every payload to come. Set down_revision to your head revision.")  # fmt: skip
     doc = [f"sink table {table}", "", *textwrap.wrap(about, 92), "",
-           "The writer's settings for this table:", *settings_lines]  # fmt: skip
+           "The writer's settings for this table:", *settings_lines(table, columns)]  # fmt: skip
     lines = [
         # Raw, so that each setting reads in the file as it is meant to be copied.
         'r"""' + "\n".join(doc).replace('"""', "'''"),

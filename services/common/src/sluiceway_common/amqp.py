@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import aio_pika
 import aio_pika.exceptions
@@ -27,6 +29,9 @@ from sluiceway_common.logs import error_text
 from sluiceway_common.settings import mask, split_urls
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+U = TypeVar("U", str, URL)
 
 # What a lost or closing broker connection raises. aio-pika raises ChannelInvalidStateError,
 # a RuntimeError, at the mere look at the channel of a message delivered on a channel since
@@ -65,20 +70,32 @@ class FailoverConnection(aio_pika.RobustConnection):
     # aio-pika's robust connection makes each connection through this (name-mangled) method;
     # the one place where the URL of an attempt can be chosen. A test holds it to that.
     async def _RobustConnection__connect_transport(self) -> None:
-        failures: list[str] = []
         start = self._next  # an attempt that fails may move it (its close callback runs)
-        for step in range(len(self.urls)):
-            self.url = self.urls[(start + step) % len(self.urls)]
-            try:
-                await super()._RobustConnection__connect_transport()  # type: ignore[misc]
-            except aio_pika.exceptions.CONNECTION_EXCEPTIONS as exc:
-                if len(self.urls) == 1:
-                    raise
-                failures.append(f"{mask(str(self.url))}: {error_text(exc)}")
-                continue
-            self._next = self.urls.index(self.url)
-            return
-        raise ConnectionError("no node answered: " + "; ".join(failures))
+        connect = super()._RobustConnection__connect_transport  # type: ignore[misc]
+
+        async def attempt(url: URL) -> None:
+            self.url = url
+            await connect()
+
+        order = [self.urls[(start + step) % len(self.urls)] for step in range(len(self.urls))]
+        reached, _ = await first_that_answers(order, attempt)
+        self._next = self.urls.index(reached)
+
+
+async def first_that_answers(
+    nodes: Sequence[U], attempt: Callable[[U], Awaitable[T]]
+) -> tuple[U, T]:
+    """``attempt`` on each node in turn; the first that succeeds, and what it gave. With one
+    node its failure is raised as it is; with several, a ConnectionError naming each node's."""
+    failures: list[str] = []
+    for node in nodes:
+        try:
+            return node, await attempt(node)
+        except aio_pika.exceptions.CONNECTION_EXCEPTIONS as exc:
+            if len(nodes) == 1:
+                raise
+            failures.append(f"{mask(str(node))}: {error_text(exc)}")
+    raise ConnectionError("no node answered: " + "; ".join(failures))
 
 
 def _connection_name(role: str) -> str:
@@ -152,19 +169,15 @@ async def stop_consuming(connection: AbstractConnection, queue: AbstractQueue, t
 async def connect_plain(url: str, role: str) -> AbstractConnection:
     """A connection that does not reconnect, to the first node of ``url`` that answers: for
     work whose acks must not outlive a channel, and runs that stop when their broker goes."""
-    urls = split_urls(url)
-    failures: list[str] = []
-    for each in urls:
-        try:
-            return await aio_pika.connect(
-                each, client_properties={"connection_name": _connection_name(role)},
-                timeout=CONNECT_TIMEOUT,
-            )  # fmt: skip
-        except aio_pika.exceptions.CONNECTION_EXCEPTIONS as exc:
-            if len(urls) == 1:
-                raise
-            failures.append(f"{mask(each)}: {error_text(exc)}")
-    raise ConnectionError("no node answered: " + "; ".join(failures))
+
+    async def attempt(node: str) -> AbstractConnection:
+        return await aio_pika.connect(
+            node, client_properties={"connection_name": _connection_name(role)},
+            timeout=CONNECT_TIMEOUT,
+        )  # fmt: skip
+
+    _, connection = await first_that_answers(split_urls(url), attempt)
+    return connection
 
 
 async def check_connected(connection: AbstractConnection) -> None:

@@ -144,11 +144,7 @@ class Settings:
 
 def hide(secret: str) -> str:
     """What may be shown of a secret value: a URL with its password masked, else nothing."""
-    try:
-        parts = urlsplit(secret)
-    except ValueError:
-        return "<hidden>"
-    return mask(secret) if parts.scheme and parts.netloc else "<hidden>"
+    return mask(secret) if _is_url(secret) else "<hidden>"
 
 
 def secret_values(options: tuple[Option, ...], values: Mapping[str, Any]) -> list[str]:
