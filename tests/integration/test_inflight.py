@@ -5,10 +5,12 @@ mark once the key lands or fails for good; a retry keeps it; a lost task's mark 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 import re
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,9 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 from aiohttp import web
 
+from sluiceway_admin import enqueue
+from sluiceway_admin.progress import Progress
+from sluiceway_admin.sources import Chunk
 from sluiceway_common import codec, store, topology
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import depth, drain, eventually, http_server, running_fetcher
@@ -269,3 +274,35 @@ async def test_an_enqueue_stopped_by_sigterm_gives_back_the_marks_of_keys_not_qu
     # Every key still marked is in the queue: none was left marked without a task.
     assert marked <= queued
     assert len(marked) >= int(said[1].replace(",", ""))
+
+
+async def test_a_stop_while_redis_claims_a_chunk_gives_back_what_the_claim_marked(
+    services: ServiceUrls,
+    pipeline: str,
+    amqp_connection: AbstractConnection,
+    redis_client: aioredis.Redis,
+) -> None:
+    # One chunk so large that Redis takes about a second over its claim: a stop 0.2 s after
+    # the chunk is read lands while the claim's answer is awaited. A run that dropped the
+    # answer would leave the whole chunk marked with no task queued.
+    keys = [f"k{i}" for i in range(1_000_000)]
+    read = asyncio.Event()
+
+    async def source() -> AsyncIterator[Chunk]:
+        read.set()
+        yield list(enumerate(keys, 1))
+
+    show = Progress("enqueued", "keys", stream=io.StringIO())
+    run = asyncio.create_task(
+        enqueue.enqueue(services.amqp, services.redis, pipeline, source(), show, lifetime=600)
+    )
+    await read.wait()
+    await asyncio.sleep(0.2)
+    assert not run.done()
+    run.cancel()
+    with pytest.raises(enqueue.Interrupted) as stopped:
+        await run
+    assert stopped.value.by == "a signal"
+    queued = set(await queued_keys(amqp_connection, pipeline))
+    members = await redis_client.zrange(store.inflight(pipeline), 0, -1)
+    assert {raw.decode() for raw in members if isinstance(raw, bytes)} <= queued

@@ -135,7 +135,7 @@ async def enqueue(
                     lines: dict[str, int] = {}  # each key's first line in the chunk
                     for number, key in chunk:
                         lines.setdefault(key, number)
-                    pending.extend(await inflight.claim(list(lines), lifetime, force))
+                    await claim_into(pending, inflight, list(lines), lifetime, force)
                     tally.in_flight += len(chunk) - len(pending)
                     while pending:
                         # Counted as published before publish() buffers it, so that a stop
@@ -180,6 +180,22 @@ async def enqueue(
         loop.remove_signal_handler(signal.SIGTERM)
         await connection.close()
         await client.aclose()
+
+
+async def claim_into(
+    pending: deque[str], inflight: store.InFlight, keys: list[str], lifetime: float, force: bool
+) -> None:
+    """Add to ``pending`` the keys of ``keys`` that ``inflight`` claims, even when the run is
+    stopped while Redis answers: Redis may have marked them by then, and only its answer says
+    which keys the stop must give back."""
+    claiming = asyncio.ensure_future(inflight.claim(keys, lifetime, force))
+    try:
+        await asyncio.shield(claiming)
+    finally:
+        if not claiming.done():  # stopped meanwhile: the answer is a round trip away
+            await asyncio.wait([claiming])
+        if claiming.done() and not claiming.cancelled() and claiming.exception() is None:
+            pending.extend(claiming.result())
 
 
 async def release(inflight: store.InFlight, keys: list[str]) -> None:
