@@ -137,7 +137,8 @@ async def pipeline(services: ServiceUrls, database_url: str) -> AsyncIterator[st
     yield name
     connection = await aio_pika.connect(services.amqp)
     try:
-        for queue in topology.Queues(name).owned():
+        queues = topology.Queues(name)
+        for queue in (*queues.owned(), *map(queues.holding, queues.owned())):
             channel = await connection.channel()
             await channel.queue_delete(queue)
             await channel.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime
+from functools import partial
 
 import aio_pika
 import aiormq.exceptions
@@ -25,7 +26,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from sluiceway_common import topology
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, drain, eventually, publish, record
+from tests.integration.helpers import depth, depth_is, drain, eventually, publish, record
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +71,9 @@ async def test_every_queue_is_a_durable_quorum_queue(
     # differs in one respect, naming the value the queue holds.
     queues = topology.Queues(pipeline)
     channel = await amqp_connection.channel()
-    await topology.declare(channel, queues)
+    await topology.declare(channel, queues, *queues.owned())
     await channel.close()
-    for name in queues.all():
+    for name in queues.owned():  # the delay queues too: a node lost keeps no task away
         arguments = queues.arguments(name) | {"x-queue-type": queue_type}
         channel = await amqp_connection.channel()
         with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed) as raised:
@@ -101,6 +102,47 @@ async def test_the_records_queue_holds_the_delivery_limit_and_dead_letters_to_th
             )
         assert f"inequivalent arg '{name}'" in str(raised.value)
         assert current in str(raised.value)
+
+
+async def test_every_other_queue_states_a_delivery_limit_never_reached(
+    pipeline: str, amqp_connection: AbstractConnection
+) -> None:
+    # Declared without one, a quorum queue gets RabbitMQ 4's default limit of 20, and a
+    # dead letter listed 20 times or a task whose fetchers died 20 times would be dropped.
+    queues = topology.Queues(pipeline)
+    channel = await amqp_connection.channel()
+    await topology.declare(channel, queues, *queues.owned())
+    await channel.close()
+    for name in (queues.fetch, queues.dead, *queues.retries()):
+        channel = await amqp_connection.channel()
+        without = {k: v for k, v in queues.arguments(name).items() if k != "x-delivery-limit"}
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed) as raised:
+            await channel.declare_queue(name, durable=True, arguments=without)
+        assert "inequivalent arg 'x-delivery-limit'" in str(raised.value)
+        assert f"current is the value '{topology.NO_DELIVERY_LIMIT}'" in str(raised.value), name
+
+
+async def test_a_task_on_a_delay_queue_goes_back_to_the_fetch_queue_as_it_was(
+    pipeline: str, amqp_connection: AbstractConnection
+) -> None:
+    queues = topology.Queues(pipeline)
+    channel = await amqp_connection.channel(publisher_confirms=True)
+    await topology.declare(channel, queues, *queues.owned())
+    # As the fetcher queues a retry: it expires after 1 s into the fetch queue, headers kept.
+    await channel.default_exchange.publish(
+        topology.persistent(b'{"key": "later"}', headers={"x-sluiceway-attempt": 2}),
+        routing_key=queues.retry(1),
+    )
+    await channel.close()
+    await eventually(partial(depth_is, amqp_connection, queues.fetch, 1), within=30,
+                     what="the task back on the fetch queue")  # fmt: skip
+    [task] = await drain(amqp_connection, queues.fetch)
+    assert task.body == b'{"key": "later"}'
+    headers = task.headers or {}
+    assert headers["x-sluiceway-attempt"] == 2
+    assert headers["x-first-death-reason"] == "expired"
+    assert headers["x-first-death-queue"] == queues.retry(1)
+    assert await depth(amqp_connection, queues.retry(1)) == 0
 
 
 async def test_a_record_whose_consumer_keeps_dying_is_dead_lettered_after_the_limit(

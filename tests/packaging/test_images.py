@@ -50,7 +50,8 @@ IMAGES = {
     # MEMBER: (its package, the commands it offers, what else must not be in the image)
     # (admin holds httpx since `enqueue --http` lists keys from the upstream and `sink suggest
     # --fetch` fetches a few)
-    "admin": ("sluiceway_admin", {"enqueue", "status", "failed", "dead", "rate", "sink", "demo"},
+    "admin": ("sluiceway_admin",
+              {"enqueue", "status", "failed", "dead", "rate", "sink", "queues", "demo"},
               {"kopf", "alembic"}),
     "fetcher": ("sluiceway_fetcher", {"fetcher"}, {"kopf", "alembic", "asyncpg"}),
     "writer": ("sluiceway_writer", {"writer", "migrate"}, {"kopf", "httpx"}),

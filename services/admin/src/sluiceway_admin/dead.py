@@ -27,6 +27,7 @@ import orjson
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from pamqp import commands as spec
 
+from sluiceway_admin.queues import copy_of, move
 from sluiceway_common import amqp, codec, settings, topology
 from sluiceway_common.cli import Command
 from sluiceway_common.publisher import ConfirmedPublisher
@@ -35,8 +36,6 @@ OPTIONS = (settings.AMQP_URL, settings.PIPELINE)
 REASON_HEADER = "x-sluiceway-reason"
 NO_REASON = "(no reason: dead-lettered by the broker, e.g. delivery limit)"
 LIST_LIMIT = 100
-CHUNK = 500
-IDLE_SECONDS = 5.0  # replay: no delivery for this long means none is coming
 # Set by the broker or the writer when a message was dead-lettered or redelivered. A replayed
 # record starts afresh without them; a stale x-delivery-count would only mislead.
 DEATH_HEADERS = {REASON_HEADER, "x-death", "x-delivery-count"}
@@ -128,40 +127,10 @@ def death(headers: Mapping[str, Any]) -> str | None:
     return "x-death: " + "; ".join(parts) if parts else None
 
 
-def encodable(value: Any) -> Any:
-    """A header value the client can publish again.
-
-    A header string that is not UTF-8 is read back as ``bytes``, which the client cannot
-    encode; it goes out as an AMQP byte array (the same octets).
-    """
-    if isinstance(value, bytes):
-        return bytearray(value)
-    if isinstance(value, list):
-        return [encodable(item) for item in value]
-    if isinstance(value, dict):
-        return {name: encodable(item) for name, item in value.items()}
-    return value
-
-
 def replayable(message: AbstractIncomingMessage) -> spec.Basic.Properties:
-    """The properties of the record message as it was before it died, with fresh headers.
-    (The message id is the replaying publisher's own, as for any message it publishes.)"""
-    headers = {
-        name: encodable(value)
-        for name, value in (message.headers or {}).items()
-        if name not in DEATH_HEADERS and not name.startswith(DEATH_HEADER_PREFIXES)
-    }
-    return aio_pika.Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        correlation_id=message.correlation_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    ).properties
+    """The properties of the record message as it was before it died, with fresh headers."""
+    return copy_of(message, keep=lambda name: name not in DEATH_HEADERS
+                   and not name.startswith(DEATH_HEADER_PREFIXES))  # fmt: skip
 
 
 async def connect(url: str, role: str) -> AbstractConnection:
@@ -200,10 +169,10 @@ async def list_dead(amqp_url: str, pipeline: str, limit: int) -> tuple[list[Dead
         finally:
             # Never acked: closing the channel hands every message it holds back to the
             # queue, so nothing is lost, here or if this process dies mid-list. Their order
-            # may change, which nothing depends on. A quorum queue counts each as a return;
-            # the dead queue sets no delivery limit, so up to RabbitMQ 3.13 that only shows
-            # in x-delivery-count. (4.0 gives every quorum queue a default limit of 20: the
-            # dead queue then needs its own, x-delivery-limit -1, or each list costs a life.)
+            # may change, which nothing depends on. A quorum queue counts each as a return,
+            # which shows in x-delivery-count: the dead queue's own limit is never reached
+            # (topology.NO_DELIVERY_LIMIT), where RabbitMQ 4's default of 20 would make each
+            # list cost every letter a life.
             await dead.channel.close()
         return letters, total
     finally:
@@ -219,38 +188,8 @@ async def replay_dead(amqp_url: str, pipeline: str, limit: int) -> int:
         # Only what is there now: a record that dies again straight away (a writer running,
         # the cause not fixed) comes back to this queue, and must not be replayed in a loop.
         target = waiting(dead) if limit == 0 else min(limit, waiting(dead))
-        if target == 0:
-            return 0
-        # A consumer, not basic.get as `list` uses: the one ack of a chunk then settles
-        # its messages in one command to the queue. Acks of basic.get messages are one
-        # command each, and RabbitMQ 3.10 holds back all past the 32nd until the queue has
-        # applied earlier ones; closing the channel drops those held back, and their
-        # messages return to the dead queue although they were replayed (measured:
-        # 667 of 700 came back; rabbitmq-server issue #10327).
-        await dead.channel.set_qos(prefetch_count=min(CHUNK, target))
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        await dead.consume(inbox.put)
-        publisher = ConfirmedPublisher(dead.channel, queues.records)
-        replayed = 0
-        while replayed < target:
-            held: list[AbstractIncomingMessage] = []
-            with contextlib.suppress(TimeoutError):
-                # Counted but no longer there: another process took or purged them.
-                while len(held) < min(CHUNK, target - replayed):
-                    held.append(await asyncio.wait_for(inbox.get(), IDLE_SECONDS))
-            if not held:
-                break
-            for message in held:
-                await publisher.publish(message.body, replayable(message))
-            # Acked only once the broker confirmed every copy. If anything fails first, the
-            # held messages go back to the dead queue when the connection closes; those
-            # already confirmed then exist twice, which the table absorbs (one row per key,
-            # the newest fetch wins).
-            await publisher.drain()
-            await held[-1].ack(multiple=True)
-            replayed += len(held)
-        # Whatever was delivered past the target is returned unacked by closing.
-        return replayed
+        return await move(dead, ConfirmedPublisher(dead.channel, queues.records), target,
+                          replayable)  # fmt: skip
     finally:
         await connection.close()
 

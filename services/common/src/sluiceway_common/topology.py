@@ -1,10 +1,11 @@
 """The queues of a pipeline and how each is declared.
 
 Every service declares what it uses at start-up; declaring is idempotent as long as the
-arguments below stay the same, so changing them is a migration of the broker, not an edit.
-All three are quorum queues: replicated, durable, and they count deliveries, which lets the
-records queue hand a message that keeps crashing its consumer to the dead-letter queue
-instead of looping on it.
+arguments below stay the same, so changing them is a migration of the broker, not an edit
+(``sluiceway queues migrate`` makes it; a service that finds a queue declared otherwise
+stops, saying so). Every queue is a quorum queue: replicated, durable, and they count
+deliveries, which lets the records queue hand a message that keeps crashing its consumer
+to the dead-letter queue instead of looping on it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+
+from sluiceway_common.lifecycle import StartupError
 
 # The delays, in seconds, a fetch task can wait before its next attempt: one queue each,
 # so that every message in a queue waits as long as the one before it (RabbitMQ expires
@@ -24,6 +28,13 @@ RETRY_DELAYS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # A record redelivered this many times (each one a consumer that died holding it) is
 # dead-lettered: the writer retries database outages in-process, so only crashes count.
 RECORD_DELIVERY_LIMIT = 20
+
+# The delivery limit of every other queue: never reached. Stated, because RabbitMQ 4.0
+# gives a quorum queue declared without one a limit of 20, past which a message with no
+# dead-letter target is dropped (a dead letter listed 20 times, a fetch task whose fetchers
+# died 20 times). 3.x reads 0 and -1 as "no redelivery", so the largest value both accept
+# says "never" to both.
+NO_DELIVERY_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,10 @@ class Queues:
         """Where a fetch task waits ``seconds`` before it goes back to the fetch queue."""
         return f"sluiceway.{self.pipeline}.fetch.retry.{seconds}s"
 
+    def holding(self, name: str) -> str:
+        """Where ``sluiceway queues migrate`` keeps queue ``name``'s messages meanwhile."""
+        return f"{name}.migrating"
+
     def retries(self) -> tuple[str, ...]:
         return tuple(self.retry(seconds) for seconds in RETRY_DELAYS)
 
@@ -57,17 +72,22 @@ class Queues:
 
     def arguments(self, name: str) -> dict[str, Any]:
         """The declare arguments of queue ``name``; they must never differ between services."""
+        arguments: dict[str, Any] = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": NO_DELIVERY_LIMIT,
+        }
         for seconds in RETRY_DELAYS:
             if name == self.retry(seconds):
-                # Classic: a quorum queue dead-letters at most once unless told otherwise,
-                # and a task must not be lost on its way back to the fetch queue.
-                return {
-                    "x-queue-type": "classic",
+                # Expired messages go back to the fetch queue, kept here until the fetch
+                # queue has them (at-least-once, which needs reject-publish): a quorum queue
+                # otherwise dead-letters at most once, and a task must not be lost.
+                return arguments | {
                     "x-message-ttl": seconds * 1000,
                     "x-dead-letter-exchange": "",
                     "x-dead-letter-routing-key": self.fetch,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
                 }
-        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
         if name == self.records:
             arguments |= {
                 "x-delivery-limit": RECORD_DELIVERY_LIMIT,
@@ -80,13 +100,29 @@ class Queues:
         return (self.fetch, self.records, self.dead)
 
 
+class DeclaredOtherwise(StartupError):
+    """A queue exists with other declare arguments than :meth:`Queues.arguments` gives: one
+    an earlier version declared, to be moved by ``sluiceway queues migrate``."""
+
+
 async def declare(channel: AbstractChannel, queues: Queues, *names: str) -> list[AbstractQueue]:
-    """Declare ``names`` (all of the pipeline's queues when none are given), durable."""
+    """Declare ``names`` (all of the pipeline's queues when none are given), durable; raise
+    :class:`DeclaredOtherwise` for one that exists with other arguments (the channel is
+    closed by then)."""
     declared = []
     for name in names or queues.all():
-        declared.append(
-            await channel.declare_queue(name, durable=True, arguments=queues.arguments(name))
-        )
+        try:
+            queue = await channel.declare_queue(
+                name, durable=True, arguments=queues.arguments(name)
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise DeclaredOtherwise(
+                f"the queue {name} exists with other arguments than this version declares "
+                f"({exc.args[0] if exc.args else exc}): stop the pipeline's fetchers and "
+                f"writers and run `sluiceway queues migrate` (see the README, *Upgrading "
+                f"the queues*)"
+            ) from exc
+        declared.append(queue)
     return declared
 
 
