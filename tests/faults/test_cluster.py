@@ -5,8 +5,10 @@ lands or fails exactly once, checked row by row.
 `make test` runs the first scenario on 600 keys: the node that every process connects to
 first, which leads the records queue, SIGKILLed. `make test-faults` and `make test-cluster`
 run them all on 1,500 (``SLUICEWAY_CLUSTER_KEYS``): that one, a follower killed, the leader
-paused for 20 s (SIGSTOP), and a rolling restart, one node at a time. Each records the time
+paused for 45 s (SIGSTOP), the leader restarted (stopped cleanly, started again) while the
+fetchers publish, and a rolling restart, one node at a time. Each records the time
 to recover (the longest stall after the fault) and the throughput before, during and after.
+While the node is down, the operator's depth reading is taken through the nodes that answer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sluiceway_common import topology
+from sluiceway_operator.broker import DepthReader
 from tests.e2e.conftest import Processes
 from tests.faults.cluster import Node, RabbitCluster, unavailable
 from tests.faults.harness import (
@@ -43,7 +46,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 KEYS = int(os.environ.get("SLUICEWAY_CLUSTER_KEYS", "600"))
 RATE = 100  # keys a second: a stream long enough for the fault to land mid-way
-PAUSED_FOR = 20.0  # seconds a paused leader stays paused: four heartbeats of the nodes' URLs
+# Seconds a paused leader stays paused: well past the (5 + 1) x 3 = 18 s in which the 5 s
+# heartbeats of the nodes' URLs find it, so that the rows landing meanwhile show the
+# pipeline going on without it.
+PAUSED_FOR = 45.0
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +112,24 @@ class Throughput:
         return at, longest
 
 
+async def read_depth_without(cluster: RabbitCluster, pipeline: str, victim: Node) -> None:
+    """The operator's depth reading, given every node's management API with the node that
+    is down first: it reads from one that answers, so its scaling goes on."""
+    apis = [victim, *(node for node in cluster.nodes if node is not victim)]
+    reader = DepthReader(cluster.urls, ",".join(node.management_url for node in apis))
+
+    async def counted() -> bool:
+        # A queue whose leader just moved has no counts until its new leader's are sampled:
+        # a passive declare's reading meanwhile.
+        depth = await reader.read(topology.Queues(pipeline).records)
+        return depth.source == "management-api"
+
+    try:
+        await eventually(counted, within=60, what="a depth from a management API that answers")
+    finally:
+        await reader.close()
+
+
 async def stream_through(
     cluster: RabbitCluster,
     processes: Processes,
@@ -145,6 +169,8 @@ async def stream_through(
             fault_over = time.monotonic()
             await eventually(lambda: _landed(meter, at_fault + 1), within=120,
                              what="rows landing after the fault")  # fmt: skip
+            if victim is not None:
+                await read_depth_without(cluster, pipeline, victim)
             if victim is not None and fault == "leader paused":
                 cluster.resume(victim)  # it rejoins as a follower
             elif victim is not None:
@@ -207,6 +233,10 @@ async def inject(cluster: RabbitCluster, pipeline: str, fault: str) -> Node | No
         # went through another node.
         await asyncio.sleep(PAUSED_FOR)
         return victim
+    elif fault == "leader restarted":
+        # Stopped cleanly and started again while the fetchers publish through it.
+        await asyncio.to_thread(cluster.restart, cluster.leader(records))
+        return None
     elif fault == "rolling restart":
         for node in cluster.nodes:
             await asyncio.to_thread(cluster.restart, node)
@@ -222,6 +252,8 @@ async def inject(cluster: RabbitCluster, pipeline: str, fault: str) -> Node | No
     pytest.param("cluster: follower killed", "follower killed", RATE, id="follower",
                  marks=pytest.mark.cluster),
     pytest.param("cluster: leader paused", "leader paused", 30, id="paused",
+                 marks=pytest.mark.cluster),
+    pytest.param("cluster: leader restarted", "leader restarted", 30, id="restarted",
                  marks=pytest.mark.cluster),
     # Slower, so that the stream outlasts three restarts of about 20 s each.
     pytest.param("cluster: rolling restart", "rolling restart", 15, id="rolling",

@@ -68,6 +68,35 @@ async def test_a_lost_node_is_left_for_the_next_and_the_channels_come_back(
         await asyncio.gather(first.close(), second.close())
 
 
+async def test_a_node_that_stops_answering_is_lost_said_and_left_for_the_next(
+    services: ServiceUrls, pipeline: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A paused or cut-off node keeps its sockets open and sends nothing: the heartbeats (1 s
+    # here) find it, in (1 + 1) x 3 s; it is said as lost like a node that went away.
+    caplog.set_level(logging.INFO, logger="sluiceway_common.amqp")
+    first, second = await TcpProxy(services.amqp).start(), await TcpProxy(services.amqp).start()
+    connection = await amqp.connect(f"{first.url}?heartbeat=1,{second.url}", "test")
+    try:
+        first.hold("client")
+        first.hold("service")
+
+        async def on_the_second() -> bool:
+            return connection.connected.is_set() and connection.url.port == second.port
+
+        await eventually(on_the_second, within=40, what="the connection on the second node")
+        ours = [r for r in caplog.records if r.name == "sluiceway_common.amqp"]
+        said = [r.getMessage() for r in ours if "RabbitMQ at" in r.getMessage()]
+        assert len(said) == 2, said
+        lost = f"amqp://guest:***@127.0.0.1:{first.port}/?heartbeat=1 ({amqp.STUCK});"
+        assert said[0].startswith(f"lost the connection to RabbitMQ at {lost}")
+        assert said[1] == f"reconnected to RabbitMQ at amqp://guest:***@127.0.0.1:{second.port}/"
+        channel = await connection.channel()
+        await channel.close()
+    finally:
+        await connection.close()
+        await asyncio.gather(first.close(), second.close())
+
+
 async def test_the_operator_reads_depths_from_any_node_that_answers(
     services: ServiceUrls, pipeline: str
 ) -> None:

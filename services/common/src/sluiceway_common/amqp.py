@@ -44,6 +44,10 @@ BROKER_ERRORS = (
 )
 
 
+# Why a connection was lost when its node stopped sending anything: aiormq gives up on it
+# after three heartbeat intervals and one second each, (heartbeat + 1) x 3 seconds.
+STUCK = "the node stopped answering: no frame within three heartbeat intervals"
+
 # How long one node may take to accept a connection before the next is tried: a node that
 # is paused or cut off accepts the TCP connection and then says nothing.
 CONNECT_TIMEOUT = 10.0
@@ -119,13 +123,16 @@ async def connect(url: str, role: str) -> FailoverConnection:
 
     def lost(_: object, exc: BaseException | None) -> None:
         nonlocal up
-        if exc is None or isinstance(exc, asyncio.CancelledError) or not up:
+        if exc is None or connection.is_closed or not up:
             return  # closed on purpose, or already said
         up = False
         others = len(connection.urls) - 1
+        # A node that stopped answering (paused, cut off) ends in aiormq cancelling its
+        # reader, a CancelledError with no message: a loss like any other.
+        stuck = isinstance(exc, asyncio.CancelledError) and not str(exc)
         log.warning(
             "lost the connection to RabbitMQ at %s (%s); reconnecting every %gs%s",
-            where(), error_text(exc), connection.reconnect_interval,
+            where(), STUCK if stuck else error_text(exc), connection.reconnect_interval,
             f", to the first of its {others + 1} nodes that answers" if others else "",
         )  # fmt: skip
 
