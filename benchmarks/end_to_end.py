@@ -57,7 +57,6 @@ import httpx
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractConnection
 
-from benchmarks.celery_app import WORKER_READY as CELERY_READY
 from benchmarks.writer import (
     BROKER_ERRORS,
     DEFAULT_AMQP_URL,
@@ -381,6 +380,9 @@ def celery_worker(pool: str, concurrency: int, queue: str, name: str) -> list[st
 
 
 async def run_celery(bench: Bench, run: Run, contender: Contender) -> None:
+    # Imported here, as writer.py does: Celery is in the bench dependency group only.
+    from benchmarks.celery_app import WORKER_READY as CELERY_READY
+
     token = secrets.token_hex(5)
     pipeline, queue = f"e2e-{token}", f"sluiceway-bench-e2e-{token}"
     fetch_queue = f"{queue}-fetch"
