@@ -163,6 +163,7 @@ class Bench:
     api: Child | None = None
     api_url: str = ""
     failures: list[str] = field(default_factory=list)
+    celery_ran: bool = False  # a Celery worker started, and may have made its delayed queues
 
     def key_file(self, count: int) -> Path:
         if count not in self.key_files:
@@ -383,6 +384,7 @@ async def run_celery(bench: Bench, run: Run, contender: Contender) -> None:
     # Imported here, as writer.py does: Celery is in the bench dependency group only.
     from benchmarks.celery_app import WORKER_READY as CELERY_READY
 
+    bench.celery_ran = True
     token = secrets.token_hex(5)
     pipeline, queue = f"e2e-{token}", f"sluiceway-bench-e2e-{token}"
     fetch_queue = f"{queue}-fetch"
@@ -565,6 +567,7 @@ async def bench_main(args: argparse.Namespace) -> int:
     contenders = [c for c in CONTENDERS if not args.only or c.kind in args.only]
     runs: list[Run] = []
     failures: list[str] = []
+    bench: Bench | None = None
     connection = await aio_pika.connect(args.amqp_url)
     celery_topology_existed = await exchange_exists(connection, "celery_delayed_delivery")
     load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -589,7 +592,7 @@ async def bench_main(args: argparse.Namespace) -> int:
                         for contender in contenders:
                             runs.append(await run_one(bench, contender, latency_ms, round_no))
     finally:
-        if not celery_topology_existed and any(r.contender != "sluiceway" for r in runs):
+        if not celery_topology_existed and bench is not None and bench.celery_ran:
             with contextlib.suppress(*BROKER_ERRORS):
                 await delete_celery_topology(connection)
         await connection.close()
