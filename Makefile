@@ -99,6 +99,7 @@ bench: install services ## benchmarks, medians of rounds run side by side (not p
 	$(BIN)/python -m benchmarks.fetcher
 	$(BIN)/python -m benchmarks.fetcher_budget
 	$(BIN)/python benchmarks/enqueue.py
+	$(BIN)/python -m benchmarks.end_to_end
 
 check: install lint typecheck drift ## lint, typecheck and the drift check: what .ci/run holds the code to before the tests
 

@@ -621,9 +621,9 @@ async def exchange_exists(connection: AbstractConnection, name: str) -> bool:
             await channel.close()
 
 
-async def delete_celery_topology(bench: Bench) -> None:
+async def delete_celery_topology(connection: AbstractConnection) -> None:
     """Remove the delayed-delivery queues and exchanges a Celery worker on quorum queues makes."""
-    channel = await bench.connection.channel()
+    channel = await connection.channel()
     try:
         for level in range(DELAYED_LEVELS):
             await channel.queue_delete(f"celery_delayed_{level}")
@@ -1055,7 +1055,7 @@ async def bench_main(args: argparse.Namespace) -> int:
     finally:
         if bench.celery_ran and not celery_topology_existed:
             with contextlib.suppress(*BROKER_ERRORS):
-                await delete_celery_topology(bench)
+                await delete_celery_topology(bench.connection)
         await connection.close()
 
     summary = summarize(runs, rows_by_kind)
@@ -1108,10 +1108,16 @@ async def bench_main(args: argparse.Namespace) -> int:
         )
         write_chart(summary, output.with_suffix(".png"), title)
         print(f"\nresults: {json_path} and {output.with_suffix('.png')}")
-    if bench.failures:
-        print(f"\nfailures (logs in {logs}):", *bench.failures, sep="\n  ", file=sys.stderr)
+    return finish(logs, bench.failures, args.keep_logs)
+
+
+def finish(logs: Path, failures: list[str], keep_logs: bool) -> int:
+    """The exit status: 1 with the failures listed and the logs kept for them, else 0 (and
+    the logs removed unless ``keep_logs``)."""
+    if failures:
+        print(f"\nfailures (logs in {logs}):", *failures, sep="\n  ", file=sys.stderr)
         return 1
-    if args.keep_logs:
+    if keep_logs:
         print(f"logs in {logs}")
     else:
         shutil.rmtree(logs, ignore_errors=True)
