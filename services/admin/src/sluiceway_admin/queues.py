@@ -24,7 +24,6 @@ from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
-import aiormq.exceptions
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from pamqp import commands as spec
 
@@ -183,7 +182,7 @@ async def _is_current(connection: AbstractConnection, queues: topology.Queues, n
     try:
         await channel.declare_queue(name, durable=True, arguments=queues.arguments(name))
         return True
-    except aiormq.exceptions.ChannelPreconditionFailed:
+    except aio_pika.exceptions.ChannelPreconditionFailed:
         return False
     finally:
         if not channel.is_closed:

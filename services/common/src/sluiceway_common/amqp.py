@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import aio_pika
 import aio_pika.exceptions
+import aiormq
 import aiormq.exceptions
 from aio_pika.abc import (
     AbstractChannel,
@@ -125,11 +126,15 @@ async def connect(url: str, role: str) -> FailoverConnection:
         nonlocal up
         if exc is None or connection.is_closed or not up:
             return  # closed on purpose, or already said
+        # A bare CancelledError is either the process ending (its tasks cancelled, the
+        # connection's reader with them) or aiormq giving up on a node that stopped
+        # answering (paused, cut off), which it tells by the time since the last frame.
+        underlay = connection.transport.connection if connection.transport else None
+        stuck = isinstance(underlay, aiormq.Connection) and underlay.is_connection_was_stuck
+        if isinstance(exc, asyncio.CancelledError) and not str(exc) and not stuck:
+            return
         up = False
         others = len(connection.urls) - 1
-        # A node that stopped answering (paused, cut off) ends in aiormq cancelling its
-        # reader, a CancelledError with no message: a loss like any other.
-        stuck = isinstance(exc, asyncio.CancelledError) and not str(exc)
         log.warning(
             "lost the connection to RabbitMQ at %s (%s); reconnecting every %gs%s",
             where(), STUCK if stuck else error_text(exc), connection.reconnect_interval,

@@ -15,7 +15,6 @@ from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
-import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from sluiceway_common.lifecycle import StartupError
@@ -115,7 +114,7 @@ async def declare(channel: AbstractChannel, queues: Queues, *names: str) -> list
             queue = await channel.declare_queue(
                 name, durable=True, arguments=queues.arguments(name)
             )
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
             raise DeclaredOtherwise(
                 f"the queue {name} exists with other arguments than this version declares "
                 f"({exc.args[0] if exc.args else exc}): stop the pipeline's fetchers and "
