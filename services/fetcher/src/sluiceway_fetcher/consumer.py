@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
-import httpx
 import redis.asyncio as aioredis
 import redis.exceptions
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -35,6 +34,7 @@ from sluiceway_fetcher.metrics import Timings
 from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.report import Load
 from sluiceway_fetcher.source import Failed, Fetched, fetch
+from sluiceway_fetcher.transport import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Fetcher:
         self,
         channel: AbstractChannel,
         queues: topology.Queues,
-        http: httpx.AsyncClient,
+        http: Upstream,
         redis_client: aioredis.Redis,
         limiter: SharedLimiter,
         packer: Packer,

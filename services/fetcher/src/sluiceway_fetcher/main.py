@@ -7,7 +7,6 @@ import asyncio
 import logging
 from functools import partial
 
-import httpx
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
@@ -23,7 +22,7 @@ from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.consumer import Fetcher, release_landed
 from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.report import Reporter
-from sluiceway_fetcher.transport import AiohttpTransport
+from sluiceway_fetcher.transport import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +42,11 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
             )
         )
         await reach("Redis", config.redis_url, redis_client.ping())
-        http = await service.enter(
-            httpx.AsyncClient(
-                headers=config.source_headers,
-                timeout=config.request_timeout,
-                transport=AiohttpTransport(
-                    config.concurrency, config.max_body_bytes, config.request_timeout
-                ),
-            )
-        )
+        upstream = Upstream(
+            config.source_headers, config.concurrency, config.request_timeout,
+            config.max_body_bytes,
+        )  # fmt: skip
+        http = await service.enter(upstream)
         channel = await service.channel(prefetch=config.concurrency)
         fetch_queue, *_ = await topology.declare(channel, queues)
         await topology.declare(channel, queues, *queues.retries())
