@@ -27,10 +27,11 @@ from pathlib import Path
 
 import aio_pika
 import httpx
+import redis.asyncio as aioredis
 
 from benchmarks.fetcher import REDIS_URL, queues_for_run, sample_api, served
 from benchmarks.writer import DEFAULT_AMQP_URL, Child, ContenderFailed, prefill, usage
-from sluiceway_common import codec
+from sluiceway_common import codec, store
 
 FETCHER_READY = "fetching sluiceway."
 
@@ -90,7 +91,10 @@ async def profile(args: argparse.Namespace, logs: Path) -> None:
                 await prefill(connection, queues.fetch, keys)
                 env = fetcher_env(args, queues.pipeline, base + "/users/{key}")
                 argv = (args.python, "-m", "sluiceway_common", "fetcher")
-                async with httpx.AsyncClient() as client:
+                redis_client = aioredis.Redis.from_url(args.redis_url)
+                reports = store.FetcherReports(redis_client, queues.pipeline)
+                load: dict[str, object] = {}
+                async with httpx.AsyncClient() as client, redis_client:
                     before = await served(client, base)
                     with Child("fetcher", argv, env, FETCHER_READY, logs) as child:
                         await child.wait_ready(60)
@@ -105,6 +109,8 @@ async def profile(args: argparse.Namespace, logs: Path) -> None:
                         while await served(client, base) - before < args.keys:
                             if child.proc.poll() is not None:
                                 raise ContenderFailed(f"fetcher exited:\n{child.tail()}")
+                            loads = (await reports.read()).values()
+                            load = next(iter(loads), load)
                             await asyncio.sleep(0.02)
                         elapsed = time.perf_counter() - started
                         _, cpu_after = usage(child.proc.pid)
@@ -120,6 +126,8 @@ async def profile(args: argparse.Namespace, logs: Path) -> None:
           f"concurrency {args.concurrency or 'default'}: {args.keys / elapsed:,.0f} keys/s, "
           f"{(cpu_after - cpu_before) / args.keys * 1e6:,.0f} µs CPU a key; "
           f"{samples:,} samples")  # fmt: skip
+    if load:
+        print("the fetcher's last load report: " + ", ".join(f"{k} {v}" for k, v in load.items()))
     for title, rows in (("self", own), ("total", total)):
         print(f"\n{title:>6}  function")
         for name, n in rows:

@@ -413,7 +413,7 @@ async def test_redis_cut_off_stops_fetching_and_loses_nothing(
                 amqp_connection,
                 pipeline,
                 queues.fetch,
-                [codec.encode_task(f"b{i}") for i in range(10)],
+                [codec.encode_task(f"b{i}") for i in range(20)],
             )
             await eventually(
                 lambda: _logged(caplog, "rate limiter: Redis unreachable, fetching paused"),
@@ -422,15 +422,15 @@ async def test_redis_cut_off_stops_fetching_and_loses_nothing(
             await asyncio.sleep(2)
             # Not one request while the limit cannot be known; the tasks are held, not lost.
             assert len(upstream.arrivals) == 5
-            # 8 tasks held unacked (the prefetch) and 2 still on the queue.
-            assert await depth(amqp_connection, queues.fetch) == 2
+            # 16 tasks held unacked (the prefetch: twice the 8 places) and 4 still queued.
+            assert await depth(amqp_connection, queues.fetch) == 4
             assert await depth(amqp_connection, queues.records) == 5
             await proxy.restore()
-            await eventually(lambda: _depth_is(amqp_connection, queues.records, 15))
+            await eventually(lambda: _depth_is(amqp_connection, queues.records, 25))
     finally:
         await proxy.close()
     assert sorted(key for _, key in upstream.arrivals) == sorted(
-        [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(10)]
+        [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(20)]
     )
     assert await redis_client.scard(store.failed_set(pipeline)) == 0
     messages = [r.getMessage() for r in caplog.records]

@@ -19,7 +19,7 @@ from sluiceway_common.limiter import SharedLimiter
 from sluiceway_common.service import Service
 from sluiceway_fetcher import metrics
 from sluiceway_fetcher.config import FetcherSettings
-from sluiceway_fetcher.consumer import Fetcher, release_landed
+from sluiceway_fetcher.consumer import TASKS_PER_PLACE, Fetcher, release_landed
 from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.report import Reporter
 from sluiceway_fetcher.transport import Upstream
@@ -47,7 +47,7 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
             config.max_body_bytes,
         )  # fmt: skip
         http = await service.enter(upstream)
-        channel = await service.channel(prefetch=config.concurrency)
+        channel = await service.channel(prefetch=config.concurrency * TASKS_PER_PLACE)
         fetch_queue, *_ = await topology.declare(channel, queues)
         await topology.declare(channel, queues, *queues.retries())
         limiter = SharedLimiter(redis_client, config.pipeline, config.rate_limit)
@@ -59,6 +59,7 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
         fetcher = Fetcher(
             channel, queues, http, redis_client, limiter, packer, config.source_url,
             config.max_attempts, metrics.Timings.create(registry, queues.pipeline),
+            config.concurrency,
         )  # fmt: skip
         metrics.export(registry, queues.pipeline, fetcher, limiter, packer)
         override = await limiter.override()
