@@ -328,6 +328,31 @@ async def test_slots_are_spaced_for_a_little_under_the_limit(
     assert AIM < 1
 
 
+async def test_far_from_the_limit_the_next_run_is_reserved_before_this_one_ends(
+    redis_client: aioredis.Redis, pipeline: str
+) -> None:
+    # A run of spare slots lasts SPARE; a caller taking a slot from its second half starts
+    # the next reservation, with no caller waiting for it yet. (Before, the run was renewed
+    # only once a caller found it ended, and that caller waited for Redis.)
+    limiter = SharedLimiter(redis_client, pipeline, 100_000)
+    loop = asyncio.get_running_loop()
+    renewed_ahead = False
+    for _ in range(50):  # a loaded machine may oversleep the run; try again
+        await limiter.acquire()
+        if limiter._refiller is not None:
+            await limiter._refiller  # the run this caller's slot came from is in hand
+        run_end = limiter._first + limiter._count * limiter._interval
+        assert limiter._count > 1  # spare slots: the limit is far
+        await asyncio.sleep(max(0.0, run_end - SPARE / 4 - loop.time()))
+        if loop.time() >= run_end:
+            continue
+        await limiter.acquire()  # a slot of this run, in its second half
+        if limiter._refiller is not None and not limiter._waiters:
+            renewed_ahead = True
+            break
+    assert renewed_ahead
+
+
 async def test_close_gives_back_the_callers_without_a_slot(
     redis_client: aioredis.Redis, pipeline: str
 ) -> None:
