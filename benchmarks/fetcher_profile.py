@@ -29,25 +29,11 @@ import aio_pika
 import httpx
 import redis.asyncio as aioredis
 
-from benchmarks.fetcher import REDIS_URL, queues_for_run, sample_api, served
+from benchmarks.fetcher import REDIS_URL, fetcher_env, queues_for_run, sample_api, served
 from benchmarks.writer import DEFAULT_AMQP_URL, Child, ContenderFailed, prefill, usage
 from sluiceway_common import codec, store
 
 FETCHER_READY = "fetching sluiceway."
-
-
-def fetcher_env(args: argparse.Namespace, pipeline: str, source: str) -> dict[str, str]:
-    """The fetcher's environment: defaults but for where things are and the rate limit."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEWAY_")}
-    return env | {
-        "SLUICEWAY_AMQP_URL": args.amqp_url,
-        "SLUICEWAY_REDIS_URL": args.redis_url,
-        "SLUICEWAY_PIPELINE": pipeline,
-        "SLUICEWAY_SOURCE_URL": source,
-        "SLUICEWAY_RATE_LIMIT": "1000000",  # the highest allowed: out of the way
-        "SLUICEWAY_LOG_LEVEL": "INFO",
-        **({"SLUICEWAY_CONCURRENCY": str(args.concurrency)} if args.concurrency else {}),
-    }
 
 
 def frame_name(frame: str) -> str:
@@ -89,7 +75,9 @@ async def profile(args: argparse.Namespace, logs: Path) -> None:
             async with queues_for_run(connection, f"bench-profile-{os.getpid()}") as queues:
                 keys = (codec.encode_task(f"user-p-{i}") for i in range(args.keys))
                 await prefill(connection, queues.fetch, keys)
-                env = fetcher_env(args, queues.pipeline, base + "/users/{key}")
+                env = fetcher_env(
+                    args, queues.pipeline, base + "/users/{key}", 1e6, args.concurrency
+                )
                 argv = (args.python, "-m", "sluiceway_common", "fetcher")
                 redis_client = aioredis.Redis.from_url(args.redis_url)
                 reports = store.FetcherReports(redis_client, queues.pipeline)
