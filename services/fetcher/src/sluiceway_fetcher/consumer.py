@@ -51,7 +51,8 @@ REDIS_RETRY_DELAY = 1.0
 # Deliveries a fetcher takes (the channel's prefetch) per place. At 50 ms upstream latency a
 # task holding its place to the end spent a third of its time waiting for its pack (32
 # places gave 403 keys/s of the 640 they could); the tasks past their answer are the
-# throughput times the linger and the confirm (~16 at 640/s and the default 20 ms).
+# throughput times the linger and the confirm (~16 at 640/s and the default 20 ms, ~32 at
+# the 1,280/s of 64 places), fewer than the places.
 TASKS_PER_PLACE = 2
 
 
