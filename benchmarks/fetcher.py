@@ -1,8 +1,10 @@
 """Benchmark: the fetcher's throughput and the shared rate limit's accuracy.
 
-1. Throughput: one ``sluiceway fetcher`` process, no effective rate limit, against the sample
-   API answering after 50 ms; fetches a second from the fetcher ready to the last key served,
-   and the fetcher's CPU per fetch. Medians of ``--rounds``.
+1. Throughput: one ``sluiceway fetcher`` process at its defaults (``--concurrency`` 0), no
+   effective rate limit, against the sample API answering after each of ``--latency-ms``;
+   fetches a second from the fetcher ready to the last key served, and the fetcher's CPU per
+   fetch. Medians of ``--rounds``. ``--against PYTHON`` alternates, round by round, with the
+   fetcher of another checkout (its ``.venv/bin/python``): a change measured side by side.
 2. Accuracy: 1, 3 and 8 fetcher processes sharing a limit of 50 and of 500 requests/s against
    an upstream in this process that records when each request arrives (the upstream's clock):
    the most requests in any 1-second window, and the share of the limit used over the run.
@@ -56,31 +58,36 @@ async def queues_for_run(connection: aio_pika.abc.AbstractConnection, name: str
 
 def fetcher_env(args: argparse.Namespace, pipeline: str, source: str, limit: float,
                 concurrency: int) -> dict[str, str]:  # fmt: skip
-    return os.environ | {
-        "SLUICEWAY_AMQP_URL": args.amqp_url,
-        "SLUICEWAY_REDIS_URL": args.redis_url,
-        "SLUICEWAY_PIPELINE": pipeline,
-        "SLUICEWAY_SOURCE_URL": source,
-        "SLUICEWAY_RATE_LIMIT": str(limit),
-        "SLUICEWAY_CONCURRENCY": str(concurrency),
-        "SLUICEWAY_LOG_LEVEL": "INFO",
-    }
+    """The fetcher's environment; ``concurrency`` 0 leaves it at the fetcher's default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEWAY_")}
+    return (
+        env
+        | {
+            "SLUICEWAY_AMQP_URL": args.amqp_url,
+            "SLUICEWAY_REDIS_URL": args.redis_url,
+            "SLUICEWAY_PIPELINE": pipeline,
+            "SLUICEWAY_SOURCE_URL": source,
+            "SLUICEWAY_RATE_LIMIT": str(limit),
+            "SLUICEWAY_LOG_LEVEL": "INFO",
+        }
+        | ({"SLUICEWAY_CONCURRENCY": str(concurrency)} if concurrency else {})
+    )
 
 
-async def throughput_round(args: argparse.Namespace, base: str, round_no: int,
+async def throughput_round(args: argparse.Namespace, base: str, name: str, python: str,
                            logs: Path) -> tuple[float, float]:  # fmt: skip
-    """(fetches a second, CPU µs a fetch) of one round."""
+    """(fetches a second, CPU µs a fetch) of one round of the fetcher ``python`` runs."""
     connection = await aio_pika.connect(args.amqp_url)
     try:
-        async with queues_for_run(connection, f"bench-fetch-{os.getpid()}-{round_no}") as queues:
-            keys = (codec.encode_task(f"user-{round_no}-{i}") for i in range(args.keys))
+        async with queues_for_run(connection, f"bench-fetch-{os.getpid()}-{name}") as queues:
+            keys = (codec.encode_task(f"user-{name}-{i}") for i in range(args.keys))
             await prefill(connection, queues.fetch, keys)
             async with httpx.AsyncClient() as client:
                 served_before = await served(client, base)
                 env = fetcher_env(args, queues.pipeline, base + "/users/{key}", 1e6,
                                   args.concurrency)  # fmt: skip
-                with Child(f"fetcher-{round_no}", FETCHER_ARGV, env, FETCHER_READY,
-                           logs) as child:  # fmt: skip
+                argv = (python, *FETCHER_ARGV[1:])
+                with Child(f"fetcher-{name}", argv, env, FETCHER_READY, logs) as child:
                     await child.wait_ready(60)
                     _, cpu_before = usage(child.proc.pid)
                     started = child.ready_at or time.perf_counter()
@@ -185,38 +192,65 @@ async def sample_api(latency_ms: float) -> AsyncIterator[str]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"throughput": {}, "accuracy": []}
-    async with sample_api(50) as base:
-        with tempfile.TemporaryDirectory(prefix="sluiceway-fetch-bench-") as logs:
-            rounds = [await throughput_round(args, base, r, Path(logs))
-                      for r in range(args.rounds)]  # fmt: skip
-            results["throughput"] = {
-                "keys": args.keys, "concurrency": args.concurrency, "upstream_latency_ms": 50,
-                "fetches_per_s": statistics.median(r for r, _ in rounds),
-                "cpu_us_per_fetch": statistics.median(c for _, c in rounds),
-                "rounds": rounds,
-            }  # fmt: skip
-            print(f"throughput: {results['throughput']['fetches_per_s']:,.0f} fetches/s, "
-                  f"{results['throughput']['cpu_us_per_fetch']:,.0f} µs CPU a fetch "
-                  f"(medians of {args.rounds})", flush=True)  # fmt: skip
-            if not args.skip_accuracy:
-                print(f"{'processes':>10}{'limit/s':>9}{'most in 1 s':>13}{'allowed':>9}"
-                      f"{'used':>7}")  # fmt: skip
-                for limit in (50, 500):
-                    for processes in (1, 3, 8):
-                        run = await accuracy_run(args, processes, limit, Path(logs))
-                        results["accuracy"].append({"processes": processes, "limit": limit,
-                                                    **run})  # fmt: skip
-                        print(f"{processes:>10}{limit:>9}{run['most_in_any_second']:>13}"
-                              f"{run['allowed']:>9.1f}{run['share_of_limit_used']:>7.0%}",
-                              flush=True)  # fmt: skip
+    results: dict[str, Any] = {"throughput": [], "accuracy": []}
+    contenders = {"this": sys.executable} | ({"against": args.against} if args.against else {})
+    with tempfile.TemporaryDirectory(prefix="sluiceway-fetch-bench-") as logs:
+        for latency in args.latency_ms:
+            rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+            async with sample_api(latency) as base:
+                for r in range(args.rounds):
+                    order = list(contenders)[r % len(contenders):] + list(contenders)[
+                        : r % len(contenders)]  # fmt: skip
+                    for name in order:
+                        rounds[name].append(await throughput_round(
+                            args, base, f"{latency:g}-{name}-{r}", contenders[name], Path(logs)
+                        ))  # fmt: skip
+            for name, measured in rounds.items():
+                result = {
+                    "contender": name, "python": contenders[name], "keys": args.keys,
+                    "concurrency": args.concurrency or "default",
+                    "upstream_latency_ms": latency,
+                    "fetches_per_s": statistics.median(f for f, _ in measured),
+                    "cpu_us_per_fetch": statistics.median(c for _, c in measured),
+                    "rounds": measured,
+                }  # fmt: skip
+                results["throughput"].append(result)
+                print(f"{latency:g} ms, {name}: {result['fetches_per_s']:,.0f} fetches/s, "
+                      f"{result['cpu_us_per_fetch']:,.0f} µs CPU a fetch (medians of "
+                      f"{args.rounds}); rounds: " + ", ".join(
+                          f"{f:,.0f}/s {c:,.0f} µs" for f, c in measured), flush=True)  # fmt: skip
+            if args.against:
+                cpu = [a[1] / t[1] for t, a in zip(rounds["this"], rounds["against"], strict=True)]
+                rate = [t[0] / a[0] for t, a in zip(rounds["this"], rounds["against"], strict=True)]
+                print(f"{latency:g} ms, side by side: CPU a fetch, against ÷ this "
+                      f"{statistics.median(cpu):.2f}x ({' · '.join(f'{x:.2f}' for x in cpu)}); "
+                      f"fetches/s, this ÷ against {statistics.median(rate):.2f}x "
+                      f"({' · '.join(f'{x:.2f}' for x in rate)})", flush=True)  # fmt: skip
+        if not args.skip_accuracy:
+            print(f"{'processes':>10}{'limit/s':>9}{'most in 1 s':>13}{'allowed':>9}"
+                  f"{'used':>7}")  # fmt: skip
+            for limit in (50, 500):
+                for processes in (1, 3, 8):
+                    run = await accuracy_run(args, processes, limit, Path(logs))
+                    results["accuracy"].append({"processes": processes, "limit": limit,
+                                                **run})  # fmt: skip
+                    print(f"{processes:>10}{limit:>9}{run['most_in_any_second']:>13}"
+                          f"{run['allowed']:>9.1f}{run['share_of_limit_used']:>7.0%}",
+                          flush=True)  # fmt: skip
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keys", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, default=0, help="0: the fetcher's default")
+    parser.add_argument(
+        "--latency-ms",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[0.0, 50.0],
+        help="the sample API's, comma-separated",
+    )
+    parser.add_argument("--against", help="another checkout's python, alternated with this")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6.0, help="accuracy: traffic per run")
     parser.add_argument("--skip-accuracy", action="store_true")

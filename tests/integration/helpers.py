@@ -251,6 +251,8 @@ async def running_fetcher(
     source_headers: dict[str, str] | None = None,
     max_attempts: int = 1,
     metrics_port: int = 0,
+    concurrency: int = 8,
+    pack_max_records: int = 100,
 ) -> AsyncIterator[asyncio.Task[int]]:
     """A fetcher served in-process until the block ends; it must then stop with status 0.
 
@@ -263,12 +265,12 @@ async def running_fetcher(
         source_url,
         source_headers=source_headers or {},
         rate_limit=rate_limit,
-        concurrency=8,
+        concurrency=concurrency,
         request_timeout=5,
         max_attempts=max_attempts,
         max_body_bytes=max_body_bytes,
         publish_linger_ms=linger_ms,
-        pack_max_records=100,
+        pack_max_records=pack_max_records,
         pack_max_bytes=1 << 20,
         compress_min_bytes=1024,
         metrics_port=metrics_port,

@@ -20,6 +20,7 @@ from sluiceway_sample_api.server import Behaviour, make_app
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import (
     depth,
+    depth_is,
     drain,
     eventually,
     failed_info,
@@ -72,6 +73,34 @@ async def _records_and_failed(
     records = await depth(connection, topology.Queues(pipeline).records)
     failed = await client.scard(store.failed_set(pipeline))
     return records + int(failed) >= n
+
+
+async def test_a_task_waiting_for_its_pack_leaves_its_place_to_the_next_task(
+    services: ServiceUrls, pipeline: str, amqp_connection: AbstractConnection
+) -> None:
+    # One place, and packs that wait the longest linger for a second record: the first
+    # key's record waits in its pack while the second key is fetched into the same pack.
+    # Holding its place (and the one delivery it had) to the confirm, the first task kept
+    # the second from starting until the linger had sent its record alone.
+    queues = topology.Queues(pipeline)
+    await publish(amqp_connection, pipeline, queues.fetch, [codec.encode_task(k) for k in "ab"])
+    async with (
+        http_server(make_app(Behaviour())) as base,
+        running_fetcher(
+            services.amqp,
+            services.redis,
+            pipeline,
+            base + "/users/{key}",
+            concurrency=1,
+            linger_ms=10_000,
+            pack_max_records=2,
+        ),  # fmt: skip
+    ):
+        await eventually(lambda: depth_is(amqp_connection, queues.records, 1), what="a pack")
+        messages = await drain(amqp_connection, queues.records)
+    (message,) = messages
+    decoded = codec.decode_message(message.body, message.content_encoding, 1 << 20)
+    assert sorted(r.key for r in decoded.records) == ["a", "b"]
 
 
 async def test_a_200_that_is_not_json_and_a_server_error_are_failures(

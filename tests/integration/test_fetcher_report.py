@@ -25,7 +25,7 @@ class Busy:
     """A fetcher's counts, moved by hand."""
 
     load: Load = field(default_factory=Load)
-    inflight: set[asyncio.Task[object]] = field(default_factory=set)
+    requesting: int = 0
 
 
 async def test_a_report_says_the_period_s_fetches_latency_and_waits_and_expires_unrenewed(

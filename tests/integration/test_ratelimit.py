@@ -328,6 +328,31 @@ async def test_slots_are_spaced_for_a_little_under_the_limit(
     assert AIM < 1
 
 
+async def test_far_from_the_limit_the_next_run_is_reserved_before_this_one_ends(
+    redis_client: aioredis.Redis, pipeline: str
+) -> None:
+    # A run of spare slots lasts SPARE; a caller taking a slot from its second half starts
+    # the next reservation, with no caller waiting for it yet. (Before, the run was renewed
+    # only once a caller found it ended, and that caller waited for Redis.)
+    limiter = SharedLimiter(redis_client, pipeline, 100_000)
+    loop = asyncio.get_running_loop()
+    renewed_ahead = False
+    for _ in range(50):  # a loaded machine may oversleep the run; try again
+        await limiter.acquire()
+        if limiter._refiller is not None:
+            await limiter._refiller  # the run this caller's slot came from is in hand
+        run_end = limiter._first + limiter._count * limiter._interval
+        assert limiter._count > 1  # spare slots: the limit is far
+        await asyncio.sleep(max(0.0, run_end - SPARE / 4 - loop.time()))
+        if loop.time() >= run_end:
+            continue
+        await limiter.acquire()  # a slot of this run, in its second half
+        if limiter._refiller is not None and not limiter._waiters:
+            renewed_ahead = True
+            break
+    assert renewed_ahead
+
+
 async def test_close_gives_back_the_callers_without_a_slot(
     redis_client: aioredis.Redis, pipeline: str
 ) -> None:
@@ -413,7 +438,7 @@ async def test_redis_cut_off_stops_fetching_and_loses_nothing(
                 amqp_connection,
                 pipeline,
                 queues.fetch,
-                [codec.encode_task(f"b{i}") for i in range(10)],
+                [codec.encode_task(f"b{i}") for i in range(20)],
             )
             await eventually(
                 lambda: _logged(caplog, "rate limiter: Redis unreachable, fetching paused"),
@@ -422,15 +447,15 @@ async def test_redis_cut_off_stops_fetching_and_loses_nothing(
             await asyncio.sleep(2)
             # Not one request while the limit cannot be known; the tasks are held, not lost.
             assert len(upstream.arrivals) == 5
-            # 8 tasks held unacked (the prefetch) and 2 still on the queue.
-            assert await depth(amqp_connection, queues.fetch) == 2
+            # 16 tasks held unacked (the prefetch: twice the 8 places) and 4 still queued.
+            assert await depth(amqp_connection, queues.fetch) == 4
             assert await depth(amqp_connection, queues.records) == 5
             await proxy.restore()
-            await eventually(lambda: _depth_is(amqp_connection, queues.records, 15))
+            await eventually(lambda: _depth_is(amqp_connection, queues.records, 25))
     finally:
         await proxy.close()
     assert sorted(key for _, key in upstream.arrivals) == sorted(
-        [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(10)]
+        [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(20)]
     )
     assert await redis_client.scard(store.failed_set(pipeline)) == 0
     messages = [r.getMessage() for r in caplog.records]

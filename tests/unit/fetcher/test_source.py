@@ -1,11 +1,12 @@
 from datetime import UTC, datetime
 
-import httpx
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from sluiceway_common.codec import key_url
 from sluiceway_common.settings import source_template
 from sluiceway_fetcher.source import Failed, Fetched, classify
+from sluiceway_fetcher.transport import Answer
 
 
 @pytest.mark.parametrize(
@@ -47,8 +48,18 @@ def test_bad_templates(template: str) -> None:
         source_template(template)
 
 
-def response(status: int, body: bytes) -> httpx.Response:
-    return httpx.Response(status, content=body, request=httpx.Request("GET", "http://h/x"))
+REASONS = {
+    200: "OK",
+    404: "Not Found",
+    410: "Gone",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def response(status: int, body: bytes, **headers: str) -> Answer:
+    return Answer(status, REASONS[status], CIMultiDictProxy(CIMultiDict(headers)), body)
 
 
 def test_json_200_is_fetched() -> None:
@@ -73,10 +84,8 @@ def test_error_status_fails_with_it(status: int) -> None:
 NOW = datetime(2026, 11, 29, 18, 0, 0, tzinfo=UTC)
 
 
-def response_with(status: int, **headers: str) -> httpx.Response:
-    return httpx.Response(
-        status, headers=headers, content=b"{}", request=httpx.Request("GET", "http://h/x")
-    )
+def response_with(status: int, **headers: str) -> Answer:
+    return response(status, b"{}", **headers)
 
 
 @pytest.mark.parametrize("status", [429, 503])

@@ -137,7 +137,13 @@ class SharedLimiter:
     run's next slot that is not yet past, or else queues. One task at a time (the
     *refiller*) reserves a new run in Redis for every caller then queued, so a process makes
     one Redis call for as many requests as it has waiting, and a caller with a slot in the
-    future sleeps rather than asks again. ``rate`` is this fetcher's
+    future sleeps rather than asks again. While the limit is far (a run comes with spare
+    slots), the first caller to take a slot from the second half of the run starts the next
+    reservation, so that the callers after the run's end find slots in hand rather than wait
+    for Redis: at a limit out of the way, a run lasts :data:`~sluiceway_common.ratelimit.SPARE`
+    and every caller waited for the round trip that renewed it (7 ms a fetch, a tenth of a
+    50 ms request's time, on a loaded machine). A slot is still only ever used at or after its
+    time, so no window holds more than Redis granted. ``rate`` is this fetcher's
     ``SLUICEWAY_RATE_LIMIT``: it applies when no override is set in Redis.
     """
 
@@ -154,6 +160,7 @@ class SharedLimiter:
         self._first = 0.0
         self._interval = 1.0
         self._next = self._count = 0
+        self._spare = False  # the run came with spare slots: the limit is far
         self._waiters: deque[asyncio.Future[float]] = deque()
         self._refiller: asyncio.Task[None] | None = None
         self._closed = False
@@ -170,13 +177,16 @@ class SharedLimiter:
         while True:
             if self._closed:
                 raise LimiterClosed
-            start = None if self._waiters else self._take(loop.time())
+            now = loop.time()
+            start = None if self._waiters else self._take(now)
             if start is None:
                 slot = loop.create_future()
                 self._waiters.append(slot)
                 if self._refiller is None:
                     self._refiller = asyncio.create_task(self._refill())
                 start = await slot
+            elif self._refiller is None and self._spare and self._past_half(now):
+                self._refiller = asyncio.create_task(self._refill(ahead=True))
             delay = start - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -193,6 +203,9 @@ class SharedLimiter:
             return None
         self._next = index + 1
         return self._first + index * self._interval
+
+    def _past_half(self, now: float) -> bool:
+        return now >= self._first + self._count * self._interval / 2
 
     async def pause(self, seconds: float) -> tuple[float, float]:
         """Let no request of the pipeline start for ``seconds`` (or longer, when a longer
@@ -220,10 +233,13 @@ class SharedLimiter:
             if not slot.done():
                 slot.set_exception(LimiterClosed())
 
-    async def _refill(self) -> None:
+    async def _refill(self, ahead: bool = False) -> None:
+        """Reserve a run for the callers waiting; ``ahead``, for the next callers (see the
+        class), once, even with none waiting yet."""
         loop = asyncio.get_running_loop()
         try:
-            while wanted := sum(not slot.done() for slot in self._waiters):
+            while (wanted := sum(not slot.done() for slot in self._waiters)) or ahead:
+                wanted, ahead = max(wanted, 1), False
                 try:
                     reply = await self._reserve(
                         keys=self._keys, args=[self._args[0], wanted, *self._args[1:]]
@@ -244,6 +260,7 @@ class SharedLimiter:
                 self._first, self._interval, self._next, self._count = (
                     now + wait, interval, 0, granted
                 )  # fmt: skip
+                self._spare = granted > wanted
                 while self._waiters:
                     if self._waiters[0].done():
                         self._waiters.popleft()  # its caller was cancelled

@@ -7,7 +7,6 @@ import asyncio
 import logging
 from functools import partial
 
-import httpx
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
@@ -20,10 +19,10 @@ from sluiceway_common.limiter import SharedLimiter
 from sluiceway_common.service import Service
 from sluiceway_fetcher import metrics
 from sluiceway_fetcher.config import FetcherSettings
-from sluiceway_fetcher.consumer import Fetcher, release_landed
+from sluiceway_fetcher.consumer import TASKS_PER_PLACE, Fetcher, release_landed
 from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.report import Reporter
-from sluiceway_fetcher.transport import AiohttpTransport
+from sluiceway_fetcher.transport import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +42,12 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
             )
         )
         await reach("Redis", config.redis_url, redis_client.ping())
-        http = await service.enter(
-            httpx.AsyncClient(
-                headers=config.source_headers,
-                timeout=config.request_timeout,
-                transport=AiohttpTransport(
-                    config.concurrency, config.max_body_bytes, config.request_timeout
-                ),
-            )
-        )
-        channel = await service.channel(prefetch=config.concurrency)
+        upstream = Upstream(
+            config.source_headers, config.concurrency, config.request_timeout,
+            config.max_body_bytes,
+        )  # fmt: skip
+        http = await service.enter(upstream)
+        channel = await service.channel(prefetch=config.concurrency * TASKS_PER_PLACE)
         fetch_queue, *_ = await topology.declare(channel, queues)
         await topology.declare(channel, queues, *queues.retries())
         limiter = SharedLimiter(redis_client, config.pipeline, config.rate_limit)
@@ -64,6 +59,7 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
         fetcher = Fetcher(
             channel, queues, http, redis_client, limiter, packer, config.source_url,
             config.max_attempts, metrics.Timings.create(registry, queues.pipeline),
+            config.concurrency,
         )  # fmt: skip
         metrics.export(registry, queues.pipeline, fetcher, limiter, packer)
         override = await limiter.override()

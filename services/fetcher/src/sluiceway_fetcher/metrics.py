@@ -103,7 +103,7 @@ def export(
     )
     readings.gauge(
         "sluiceway_fetch_tasks_in_hand",
-        "Fetch tasks this fetcher holds: waiting for a slot, fetching or publishing",
+        "Fetch tasks this fetcher holds: waiting for a place or a slot, fetching or publishing",
         lambda: len(fetcher.inflight),
     )
     readings.counter(

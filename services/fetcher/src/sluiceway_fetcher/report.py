@@ -3,7 +3,8 @@ without scraping pods (:class:`sluiceway_common.store.FetcherReports`).
 
 A report says, over the seconds since the last one: how many fetches ended, their mean
 upstream latency, the mean time a task waited for its rate-limit slot; and, now: how many
-tasks the fetcher holds and how many it may hold (its concurrency). From these the operator
+places the fetcher's tasks hold (waiting for a slot or fetching; see ``consumer.py``) and
+how many it has (its concurrency). From these the operator
 can tell whether the pipeline's rate limit, the upstream's latency or the fetchers' number is
 what bounds the fetching.
 """
@@ -39,7 +40,7 @@ class Load:
 
 class Loaded(Protocol):
     load: Load
-    inflight: set[asyncio.Task[object]]
+    requesting: int  # places held
 
 
 def reporter_name() -> str:
@@ -79,7 +80,7 @@ class Reporter:
         while True:
             await asyncio.sleep(self._every)
             now, at = Load(**vars(self._fetcher.load)), loop.time()
-            load = report(now, before, len(self._fetcher.inflight), self._concurrency, at - then)
+            load = report(now, before, self._fetcher.requesting, self._concurrency, at - then)
             before, then = now, at
             try:
                 await self._reports.report(self.name, load, ttl=3 * self._every)

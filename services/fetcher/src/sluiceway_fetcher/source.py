@@ -6,12 +6,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-import httpx
 import orjson
 
 from sluiceway_common.codec import key_url
 from sluiceway_common.retry import pause_asked
-from sluiceway_fetcher.transport import BodyTooLarge
+from sluiceway_fetcher.transport import Answer, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +36,27 @@ class Failed:
 Outcome = Fetched | Failed
 
 
-def classify(response: httpx.Response, now: datetime | None = None) -> Outcome:
-    """The outcome of one response; ``now`` (default: the clock) counts a Retry-After date
-    when the response has no ``Date`` of its own."""
-    if not response.is_success:
+def classify(answer: Answer, now: datetime | None = None) -> Outcome:
+    """The outcome of one answer; ``now`` (default: the clock) counts a Retry-After date
+    when the answer has no ``Date`` of its own."""
+    if not answer.is_success:
         return Failed(
-            f"HTTP {response.status_code} {response.reason_phrase}".strip(),
-            response.status_code,
-            pause_asked(response.status_code, response.headers, now),
+            f"HTTP {answer.status} {answer.reason}".strip(),
+            answer.status,
+            pause_asked(answer.status, answer.headers, now),
         )
-    body = response.content
     try:
-        orjson.loads(body)
+        orjson.loads(answer.body)
     except orjson.JSONDecodeError as exc:
-        return Failed(f"body is not JSON: {exc}", response.status_code, outcome="bad_body")
-    return Fetched(body, response.status_code)
+        return Failed(f"body is not JSON: {exc}", answer.status, outcome="bad_body")
+    return Fetched(answer.body, answer.status)
 
 
-async def fetch(client: httpx.AsyncClient, template: str, key: str) -> Outcome:
+async def fetch(upstream: Upstream, template: str, key: str) -> Outcome:
     """GET ``key`` from the upstream and say what came of it. Whether a failure is tried
     again is the consumer's decision (``retry.retryable``), not this one's."""
     try:
-        response = await client.get(key_url(template, key))
-    except BodyTooLarge as exc:
-        return Failed(str(exc), exc.status, outcome="too_large")
-    except httpx.TimeoutException:
-        return Failed("timeout", outcome="timeout")
-    except httpx.TransportError as exc:
-        return Failed(f"connection error: {type(exc).__name__}: {exc}", outcome="connection_error")
-    return classify(response)
+        answer = await upstream.get(key_url(template, key))
+    except UpstreamError as exc:
+        return Failed(str(exc), exc.status, outcome=exc.outcome)
+    return classify(answer)

@@ -1,116 +1,159 @@
-"""An httpx transport that does its I/O with aiohttp.
+"""The fetcher's GET to the upstream, done with aiohttp alone.
 
-The fetcher speaks httpx (requests, responses, timeouts, error classes), but httpx's own
-transport costs about 2.3 ms of CPU per request here, most of it spent checking every pooled
-connection on each request; over aiohttp the same request costs about 0.3 ms (see the README's
-measurements). Bodies are read whole: the fetcher needs all of one before it can check it is
-JSON. aiohttp's decompression is off so that httpx decodes ``Content-Encoding`` itself, once.
+Hand-written rather than httpx's client: a fetcher needs one GET with fixed headers, and
+httpx's client around the I/O (building and merging each request, extracting cookies, its
+response model) took 38% of a fetcher's CPU, 190 µs a key, on top of aiohttp's own 19%
+(``benchmarks/fetcher_profile.py``; its own transport cost 2.5 ms a request, see the README).
+What httpx still does here is decode a ``Content-Encoding``, when an answer has one.
+
+Bodies are read whole: the fetcher needs all of one before it can check it is JSON. The body
+limit counts bytes as sent, before decoding, and a body is decoded once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import version
+from types import TracebackType
+
 import aiohttp
 import httpx
 import yarl
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# What the fetcher asks for: JSON, in any encoding httpx decodes here.
+ACCEPT_ENCODING = "gzip, deflate, zstd"
+PLAIN = frozenset({"", "identity"})
 
 
-def _timeout(request: httpx.Request, deadline: float | None) -> aiohttp.ClientTimeout:
-    timeouts = request.extensions.get("timeout", {})
-    return aiohttp.ClientTimeout(
-        total=deadline,
-        connect=timeouts.get("pool"),
-        sock_connect=timeouts.get("connect"),
-        sock_read=timeouts.get("read"),
-    )
+class UpstreamError(Exception):
+    """A GET that got no usable answer. ``outcome`` is the fetch outcome it counts as
+    (``timeout``, ``connection_error``, ``too_large`` or ``bad_body``); ``status`` is the
+    answer's, when one came."""
 
-
-def _translate(exc: Exception, request: httpx.Request) -> httpx.TransportError:
-    """The httpx error that says what the aiohttp one means."""
-    message = str(exc) or type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(message, request=request)
-    if isinstance(exc, TimeoutError):
-        return httpx.ReadTimeout(message, request=request)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(message, request=request)
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        return httpx.RemoteProtocolError(message, request=request)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return httpx.UnsupportedProtocol(message, request=request)
-    if isinstance(exc, aiohttp.ServerDisconnectedError | OSError):
-        return httpx.ReadError(message, request=request)
-    return httpx.TransportError(message, request=request)
-
-
-class BodyTooLarge(httpx.TransportError):
-    """The upstream's body is over the fetcher's limit; reading stopped there."""
-
-    def __init__(self, limit: int, status: int, request: httpx.Request) -> None:
-        super().__init__(f"body larger than {limit} bytes", request=request)
-        self.limit = limit
+    def __init__(self, outcome: str, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
         self.status = status
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Sends httpx requests through one aiohttp session with at most ``max_connections``;
-    a response body over ``max_body_bytes`` (as sent, before any decoding) raises
-    :class:`BodyTooLarge` without being read further. ``deadline`` bounds a whole request,
-    answer and body: httpx's timeouts bound each read alone, so an upstream dripping a byte a
-    second would otherwise hold a fetch for as long as it likes."""
+class BodyTooLarge(UpstreamError):
+    """The upstream's body is over the fetcher's limit; reading stopped there."""
+
+    def __init__(self, limit: int, status: int) -> None:
+        super().__init__("too_large", f"body larger than {limit} bytes", status)
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One answer of the upstream, its body read whole and decoded."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def _failure(exc: Exception) -> UpstreamError:
+    """What an aiohttp error means, named as httpx names it (the failed set keeps the name)."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):  # aiohttp's connect and read timeouts are TimeoutErrors
+        return UpstreamError("timeout", "timeout")
+    name = "TransportError"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        name = "ConnectError"
+    elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        name = "RemoteProtocolError"
+    elif isinstance(exc, aiohttp.InvalidURL):
+        name = "UnsupportedProtocol"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError | OSError):
+        name = "ReadError"
+    return UpstreamError("connection_error", f"connection error: {name}: {message}")
+
+
+class Upstream:
+    """GETs through one aiohttp session with at most ``max_connections`` open, each sending
+    ``headers`` (over the fetcher's own). ``timeout`` bounds connecting, each read, and a
+    whole request, answer and body: an upstream dripping a byte a second would otherwise hold
+    a fetch for as long as it likes. A body over ``max_body_bytes`` (as sent) is not read
+    further. An async context manager: leaving it closes the session."""
 
     def __init__(
-        self, max_connections: int, max_body_bytes: int = 1 << 30, deadline: float | None = None
+        self,
+        headers: Mapping[str, str],
+        max_connections: int,
+        timeout: float,
+        max_body_bytes: int = 1 << 30,
     ) -> None:
         self._max_body_bytes = max_body_bytes
-        self._deadline = deadline
+        defaults = CIMultiDict(
+            {
+                "Accept": "*/*",
+                "Accept-Encoding": ACCEPT_ENCODING,
+                "User-Agent": f"sluiceway/{version('sluiceway-fetcher')}",
+            }
+        )
+        defaults.update(headers)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
+            headers=defaults,
+            timeout=aiohttp.ClientTimeout(
+                total=timeout, connect=timeout, sock_connect=timeout, sock_read=timeout
+            ),
             auto_decompress=False,
-            # httpx has set the headers it wants; aiohttp adds none of its own.
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
             raise_for_status=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-        body = await request.aread()
+    async def __aenter__(self) -> Upstream:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._session.close()
+
+    async def get(self, url: str) -> Answer:
+        """The answer to a GET of ``url`` (percent-encoded already: a %2F in a key stays one);
+        raises :class:`UpstreamError` when there is none to use."""
         try:
-            async with self._session.request(
-                request.method,
-                # Already encoded by httpx: a %2F inside a key must stay one.
-                yarl.URL(str(request.url), encoded=True),
-                headers=headers,
-                data=body or None,
-                timeout=_timeout(request, self._deadline),
-                allow_redirects=False,
+            async with self._session.get(
+                yarl.URL(url, encoded=True), allow_redirects=False
             ) as response:
-                content = await self._read(response, request)
-                return httpx.Response(
-                    status_code=response.status,
-                    headers=[(k.decode("latin-1"), v.decode("latin-1"))
-                             for k, v in response.raw_headers],
-                    content=content,
-                    request=request,
-                    extensions={"http_version": b"HTTP/1.1",
-                                "reason_phrase": (response.reason or "").encode("latin-1")},
-                )  # fmt: skip
-        except BodyTooLarge:
+                raw = await self._read(response)
+                headers = response.headers
+                reason = response.reason or ""
+                status = response.status
+        except UpstreamError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _translate(exc, request) from exc
+            raise _failure(exc) from exc
+        return Answer(status, reason, headers, _decoded(status, headers, raw))
 
-    async def _read(self, response: aiohttp.ClientResponse, request: httpx.Request) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_body_bytes
         if response.content_length is not None and response.content_length > limit:
-            raise BodyTooLarge(limit, response.status, request)
+            raise BodyTooLarge(limit, response.status)
         chunks, size = [], 0
         async for chunk in response.content.iter_chunked(64 << 10):
             size += len(chunk)
             if size > limit:
-                raise BodyTooLarge(limit, response.status, request)
+                raise BodyTooLarge(limit, response.status)
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def aclose(self) -> None:
-        await self._session.close()
+
+def _decoded(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> bytes:
+    """``raw`` decoded per its ``Content-Encoding`` (by httpx, as the fetcher always has)."""
+    if headers.get("Content-Encoding", "").strip().lower() in PLAIN:
+        return raw
+    try:
+        return httpx.Response(status, headers=list(headers.items()), content=raw).content
+    except httpx.DecodingError as exc:
+        raise UpstreamError("bad_body", f"body does not decode: {exc}", status) from None
