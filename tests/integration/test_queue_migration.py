@@ -6,6 +6,7 @@ run again; a queue with consumers is not touched."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -16,7 +17,7 @@ from sluiceway_admin import queues as migration
 from sluiceway_common import codec, topology
 from sluiceway_common.lifecycle import StartupError
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import depth, drain
+from tests.integration.helpers import depth, depth_is, drain, eventually
 from tests.integration.test_admin import sluiceway
 
 pytestmark = pytest.mark.integration
@@ -180,8 +181,9 @@ async def test_migrate_touches_nothing_while_a_consumer_is_on_a_queue_to_migrate
     assert f"{queues.fetch} has 1" in ran.stderr
     assert "stop the pipeline's fetchers" in ran.stderr
     await fetch.cancel(tag)
-    await channel.close()
-    assert await depth(amqp_connection, queues.fetch) == 1200
+    await channel.close()  # what it held goes back, as the queue gets to it
+    await eventually(partial(depth_is, amqp_connection, queues.fetch, 1200),
+                     what="the held message back on the fetch queue")  # fmt: skip
     check = sluiceway(services, database_url, pipeline, "queues", "check")
     assert check.returncode == migration.DIFFERS  # every queue still the earlier version's
     assert f"{len(queues.owned()) - 1} of {len(queues.owned())} queues" in check.stderr
