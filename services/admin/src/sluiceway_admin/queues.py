@@ -133,45 +133,31 @@ def copied(message: AbstractIncomingMessage) -> spec.Basic.Properties:
 
 @dataclass(frozen=True)
 class Found:
-    """One of the pipeline's queues as the broker has it: absent, as this version declares
-    it (``current``) or otherwise; its messages and consumers; and the messages of a holding
-    queue an unfinished migration left (``None``: there is none)."""
+    """One of the pipeline's queues as the broker has it (absent, as this version declares
+    it, ``current``, or otherwise) and the holding queue an unfinished migration left."""
 
-    name: str
-    exists: bool
+    queue: topology.QueueDepth
     current: bool
-    messages: int
-    consumers: int
-    holding: int | None
-    holding_name: str
+    holding: topology.QueueDepth
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
 
     @property
     def to_migrate(self) -> bool:
-        return (self.exists and not self.current) or self.holding is not None
+        return (self.queue.exists and not self.current) or self.holding.exists
 
     def line(self) -> str:
-        if not self.exists:
+        queue, holding = self.queue, self.holding
+        if not queue.exists:
             state = "absent (declared as this version does on first use)"
         elif self.current:
             state = "as this version declares it"
         else:
             state = "declared otherwise: to migrate"
-        held = "" if self.holding is None else f"; {self.holding:,} held in {self.holding_name}"
-        return f"{self.name}: {state}; {self.messages:,} messages, {self.consumers} consumers{held}"
-
-
-async def _passive(connection: AbstractConnection, name: str) -> tuple[int, int] | None:
-    """(messages ready, consumers) of queue ``name``, or None when there is no such queue."""
-    # A passive declare of a missing queue closes its channel, so each gets its own.
-    channel = await connection.channel()
-    try:
-        result = (await channel.declare_queue(name, passive=True)).declaration_result
-        return int(result.message_count or 0), int(result.consumer_count or 0)
-    except aio_pika.exceptions.ChannelNotFoundEntity:
-        return None
-    finally:
-        if not channel.is_closed:
-            await channel.close()
+        held = f"; {holding.ready:,} held in {holding.name}" if holding.exists else ""
+        return f"{queue.name}: {state}; {queue.ready:,} messages, {queue.consumers} consumers{held}"
 
 
 async def _is_current(connection: AbstractConnection, queues: topology.Queues, name: str) -> bool:
@@ -193,13 +179,9 @@ async def inspect(connection: AbstractConnection, queues: topology.Queues) -> li
     """Every queue of the pipeline as the broker has it; creates none."""
     found = []
     for name in queues.owned():
-        present = await _passive(connection, name)
-        holding = await _passive(connection, queues.holding(name))
-        messages, consumers = present or (0, 0)
-        current = present is not None and await _is_current(connection, queues, name)
-        held = None if holding is None else holding[0]
-        found.append(Found(name, present is not None, current, messages, consumers, held,
-                           queues.holding(name)))  # fmt: skip
+        queue, holding = await topology.queue_depths(connection, (name, queues.holding(name)))
+        current = queue.exists and await _is_current(connection, queues, name)
+        found.append(Found(queue, current, holding))
     return found
 
 
@@ -211,7 +193,7 @@ async def migrate(connection: AbstractConnection, queues: topology.Queues) -> li
     """Migrate every queue of the pipeline that needs it; return what was done, a line a
     queue. Raise :class:`Busy` before touching anything if one of them has consumers."""
     todo = [found for found in await inspect(connection, queues) if found.to_migrate]
-    busy = [f"{found.name} has {found.consumers}" for found in todo if found.consumers]
+    busy = [f"{f.name} has {f.queue.consumers}" for f in todo if f.queue.consumers]
     if busy:
         raise Busy(
             "consumers are still on queues to migrate (" + "; ".join(busy) + "): stop the "
@@ -224,18 +206,18 @@ async def _move_all(connection: AbstractConnection, source: str, target: str) ->
     """Move every message of queue ``source`` to queue ``target``, on channels of their own
     (closing one hands back whatever it was delivered past its count); return how many."""
     moved = 0
-    while (waiting := await _passive(connection, source)) and waiting[0]:
+    while (waiting := (await topology.queue_depths(connection, (source,)))[0].ready) > 0:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         try:
             queue = await channel.get_queue(source, ensure=False)
             show = Progress(f"{source} → {target}: moved", "messages")
-            count = await move(queue, ConfirmedPublisher(channel, target), waiting[0], copied,
+            count = await move(queue, ConfirmedPublisher(channel, target), waiting, copied,
                                show)  # fmt: skip
             show.update(count, final=True)
         finally:
             await channel.close()
         if count == 0:
-            raise RuntimeError(f"{source} counts {waiting[0]:,} messages that no delivery "
+            raise RuntimeError(f"{source} counts {waiting:,} messages that no delivery "
                                "brings: is a consumer holding them? Run again")  # fmt: skip
         moved += count
     return moved
@@ -244,11 +226,11 @@ async def _move_all(connection: AbstractConnection, source: str, target: str) ->
 async def _migrate_one(
     connection: AbstractConnection, queues: topology.Queues, found: Found
 ) -> str:
-    holding = found.holding_name
+    holding = found.holding.name
     channel = await connection.channel()
     try:
         await channel.declare_queue(holding, durable=True, arguments=HOLDING_ARGUMENTS)
-        if found.exists and not found.current:
+        if found.queue.exists and not found.current:
             await _move_all(connection, found.name, holding)
             # Quorum queues refuse a delete "if empty", so the move checked it just before;
             # what the delete still finds only a producer left running can have put there.
