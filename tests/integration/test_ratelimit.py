@@ -10,7 +10,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -22,6 +22,7 @@ from sluiceway_common import codec, store, topology
 from sluiceway_common.limiter import (
     GCRA_LUA,
     HELPERS_LUA,
+    KEEP,
     LATE,
     RECHECK,
     LimiterClosed,
@@ -130,6 +131,8 @@ CASES = [
     (0.0, NOW, 0.0, 5000, 3),  # idle at a high limit: spare slots
     (NOW + 0.0001, NOW, 0.0, 5000, 3),  # within the burst: still the first slot now
     (NOW + 0.03, NOW, 0.0, 5000, 3),  # the limit reached: none
+    (0.0, NOW, 0.0, 1_000_000, 0),  # none wanted, idle: spare slots only (limiter.KEEP)
+    (NOW + 0.03, NOW, 0.0, 5000, 0),  # none wanted, the limit reached: nothing
 ]
 
 
@@ -142,7 +145,7 @@ def random_cases(count: int) -> list[tuple[float, float, float, float, int]]:
         now = NOW + rng.uniform(0, 86_400)
         tat = rng.choice([0.0, now + rng.uniform(-2, 2), now + rng.uniform(-0.1, 0.1)])
         pause = rng.choice([0.0, 0.0, now + rng.uniform(-1, 1)])
-        cases.append((tat, now, pause, rate, rng.choice([1, 2, 8, 32, 4096])))
+        cases.append((tat, now, pause, rate, rng.choice([0, 1, 2, 8, 32, 4096])))
     return cases
 
 
@@ -163,6 +166,30 @@ async def test_the_lua_script_and_the_python_arithmetic_agree(
 
 
 # --- the limiter on the real script ---------------------------------------------------------
+
+
+async def closed(*limiters: SharedLimiter) -> None:
+    """Close ``limiters`` and wait for the reservation each may have under way (far from the
+    limit one keeps a run in hand) before its Redis client goes."""
+    refills = [limiter._refiller for limiter in limiters if limiter._refiller is not None]
+    for limiter in limiters:
+        limiter.close()
+    await asyncio.gather(*refills, return_exceptions=True)
+
+
+@pytest.fixture
+async def limiter_at(
+    redis_client: aioredis.Redis, pipeline: str
+) -> AsyncIterator[Callable[[float], SharedLimiter]]:
+    """Makes the test's limiters of ``pipeline`` at a rate, closed before ``redis_client``."""
+    made: list[SharedLimiter] = []
+
+    def make(rate: float) -> SharedLimiter:
+        made.append(SharedLimiter(redis_client, pipeline, rate))
+        return made[-1]
+
+    yield make
+    await closed(*made)
 
 
 async def acquire_times(limiter: SharedLimiter, count: int) -> list[float]:
@@ -195,9 +222,9 @@ async def test_two_limiters_share_one_limit(services: ServiceUrls, pipeline: str
 
 
 async def test_an_override_applies_at_once_and_a_bad_one_is_ignored(
-    redis_client: aioredis.Redis, pipeline: str
+    redis_client: aioredis.Redis, pipeline: str, limiter_at: Callable[[float], SharedLimiter]
 ) -> None:
-    limiter = SharedLimiter(redis_client, pipeline, 1000)
+    limiter = limiter_at(1000)
     assert await limiter.override() is None
     await redis_client.set(store.rate_limit(pipeline), "5")
     assert await limiter.override() == 5
@@ -220,9 +247,9 @@ async def test_a_pause_holds_every_limiter_and_is_only_ever_extended(
 ) -> None:
     loop = asyncio.get_running_loop()
     other = aioredis.Redis.from_url(services.redis)
+    pausing = SharedLimiter(redis_client, pipeline, 1000)
+    waiting = SharedLimiter(other, pipeline, 1000)
     try:
-        pausing = SharedLimiter(redis_client, pipeline, 1000)
-        waiting = SharedLimiter(other, pipeline, 1000)
         before, after = await pausing.pause(1.0)
         paused_at = loop.time()
         assert before <= 0
@@ -235,6 +262,7 @@ async def test_a_pause_holds_every_limiter_and_is_only_ever_extended(
         times = await acquire_times(waiting, 3)
         assert times[0] >= paused_at + 1.0 - 0.01
     finally:
+        await closed(pausing, waiting)
         await other.aclose()
 
 
@@ -329,12 +357,12 @@ async def test_slots_are_spaced_for_a_little_under_the_limit(
 
 
 async def test_far_from_the_limit_the_next_run_is_reserved_before_this_one_ends(
-    redis_client: aioredis.Redis, pipeline: str
+    limiter_at: Callable[[float], SharedLimiter],
 ) -> None:
     # A run of spare slots lasts SPARE; a caller taking a slot from its second half starts
     # the next reservation, with no caller waiting for it yet. (Before, the run was renewed
     # only once a caller found it ended, and that caller waited for Redis.)
-    limiter = SharedLimiter(redis_client, pipeline, 100_000)
+    limiter = limiter_at(100_000)
     loop = asyncio.get_running_loop()
     renewed_ahead = False
     for _ in range(50):  # a loaded machine may oversleep the run; try again
@@ -351,6 +379,51 @@ async def test_far_from_the_limit_the_next_run_is_reserved_before_this_one_ends(
             renewed_ahead = True
             break
     assert renewed_ahead
+
+
+async def test_far_from_the_limit_a_caller_goes_without_waiting_for_the_loop(
+    limiter_at: Callable[[float], SharedLimiter],
+) -> None:
+    # A slot every microsecond: the slot that has just passed is taken, so a caller with a
+    # run in hand returns at once, not after a turn of the event loop (a sleep of under a
+    # microsecond until the next slot, which on a busy loop cost milliseconds a fetch).
+    limiter = limiter_at(1_000_000)
+    loop = asyncio.get_running_loop()
+    await limiter.acquire()  # the run, reserved
+    waited = 0
+    for _ in range(20):
+        if limiter._refiller is not None:
+            await limiter._refiller
+        turned = asyncio.Event()
+        loop.call_soon(turned.set)
+        first = limiter._first
+        await limiter.acquire()
+        if limiter._first != first:
+            continue  # the run ran out: this caller waited for a new one, as it must
+        waited += turned.is_set()
+    assert waited == 0
+    assert limiter.late == 0
+
+
+async def test_far_from_the_limit_a_run_is_kept_in_hand_between_waves_of_callers(
+    limiter_at: Callable[[float], SharedLimiter],
+) -> None:
+    # Callers that come back after an upstream's latency (here 50 ms, five runs' time)
+    # find a run in hand, reserved as the last one ended; idle for longer than KEEP, the
+    # limiter lets its runs lapse and stops calling Redis.
+    limiter = limiter_at(1_000_000)
+    loop = asyncio.get_running_loop()
+    in_hand = 0
+    for _ in range(10):
+        await limiter.acquire()
+        await asyncio.sleep(0.05)
+        now = loop.time()
+        in_hand += limiter._first <= now < limiter._first + limiter._count * limiter._interval
+    assert in_hand >= 8  # a loaded machine may let a renewal come late once or twice
+    await asyncio.sleep(KEEP + 3 * SPARE)
+    assert limiter._keeping is None
+    assert limiter._refiller is None
+    assert loop.time() > limiter._first + limiter._count * limiter._interval
 
 
 async def test_close_gives_back_the_callers_without_a_slot(
@@ -433,6 +506,9 @@ async def test_redis_cut_off_stops_fetching_and_loses_nothing(
             first = [codec.encode_task(f"a{i}") for i in range(5)]
             await publish(amqp_connection, pipeline, queues.fetch, first)
             await eventually(lambda: _depth_is(amqp_connection, queues.records, 5))
+            # Slots reserved before the cut may still be used: far from the limit a run is
+            # kept in hand for KEEP after the last request, then lapses.
+            await asyncio.sleep(KEEP + 2 * SPARE)
             await proxy.cut()
             await publish(
                 amqp_connection,

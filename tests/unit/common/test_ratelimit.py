@@ -96,6 +96,17 @@ def test_spare_slots_only_while_the_limit_is_not_reached() -> None:
     assert Gcra(rate=5000, spare=1.0).reserve(0.0, 5.0, wanted=1).granted <= AHEAD * 5000 + 1
 
 
+def test_asking_for_no_slots_reserves_spare_ones_or_nothing() -> None:
+    # How a fetcher far from the limit keeps a run in hand (limiter.KEEP): spare slots
+    # only, and while the limit is reached nothing at all, the state untouched.
+    gcra = Gcra(rate=5000, burst_seconds=0, spare=0.01)
+    idle = gcra.reserve(tat=0.0, now=5.0, wanted=0)
+    assert (idle.wait, idle.granted) == (0.0, 50)
+    busy = gcra.reserve(tat=idle.tat, now=5.0, wanted=0)
+    assert busy.granted == 0
+    assert busy.tat == idle.tat
+
+
 def test_nothing_starts_before_a_pause_ends() -> None:
     gcra = Gcra(rate=10)
     r = gcra.reserve(tat=0.0, now=100.0, pause_until=130.0)

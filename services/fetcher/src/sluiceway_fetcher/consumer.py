@@ -1,5 +1,5 @@
 """The fetcher's subscription: one fetch task in; one record, one retry or one failed key out;
-then ack.
+then ack (in runs, see ``acks.py``).
 
 A task is acked only after its outcome is safe: the record confirmed by the broker, its next
 attempt confirmed on a delay queue (see ``retry.py``), or the key written to the failed set.
@@ -36,6 +36,7 @@ from sluiceway_common import amqp, codec, logs, store, topology
 from sluiceway_common.limiter import LimiterClosed, SharedLimiter
 from sluiceway_common.ratelimit import MAX_PAUSE, pause_seconds
 from sluiceway_common.retry import delay, retryable
+from sluiceway_fetcher.acks import Acks, Delivery
 from sluiceway_fetcher.metrics import Timings
 from sluiceway_fetcher.packer import Packer
 from sluiceway_fetcher.report import Load
@@ -105,6 +106,7 @@ class Fetcher:
         self._limiter = limiter
         self._source_url = source_url
         self.inflight: set[asyncio.Task[object]] = set()
+        self.acks = Acks()
         self._places = asyncio.Semaphore(places)
         self.requesting = 0  # tasks holding a place: waiting for a slot or fetching
         self._timings = timings
@@ -119,20 +121,21 @@ class Fetcher:
         task = asyncio.current_task()
         assert task is not None
         self.inflight.add(task)
+        delivery = self.acks.received(message)
         try:
-            await self._handle(message)
+            await self._handle(message, delivery)
         except BROKER_ERRORS as exc:
             # The channel is gone: the broker re-delivers the task to whoever consumes next.
             log.warning("broker connection lost while handling a task: %s", exc)
         finally:
             self.inflight.discard(task)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: AbstractIncomingMessage, delivery: Delivery) -> None:
         try:
             key = codec.decode_task(message.body)
         except codec.BadMessage as exc:
             log.warning("dropping fetch task %r: %s", message.body[:80], exc)
-            await message.reject(requeue=False)
+            await self.acks.reject(delivery)
             self.dropped += 1
             return
         async with self._places:
@@ -142,7 +145,7 @@ class Fetcher:
             finally:
                 self.requesting -= 1
         if outcome is None:
-            await message.nack(requeue=True)
+            await self.acks.nack(delivery)
             return
         if isinstance(outcome, Fetched):
             # Returns once the broker confirmed the message this record went out in.
@@ -158,17 +161,17 @@ class Fetcher:
                     await self._pause(key, outcome)
                 if retryable(outcome.status) and attempt < self._max_attempts:
                     await self._retry_later(message, key, attempt, outcome)
-                    await message.ack()
+                    self.acks.done(delivery)
                     return
                 await self._record_failure(key, outcome, attempt)
             except redis.exceptions.RedisError as exc:
                 log.warning("cannot record failed key %r, Redis: %s; requeueing", key, exc)
                 await asyncio.sleep(REDIS_RETRY_DELAY)
-                await message.nack(requeue=True)
+                await self.acks.nack(delivery)
                 return
             self.failed += 1
             log.info("key %r failed after %d attempts: %s", key, attempt, outcome.reason)
-        await message.ack()
+        self.acks.done(delivery)
 
     async def _request(self, key: str) -> Outcome | None:
         """Wait for a rate-limit slot, then GET ``key``; None when the fetcher stopped first."""

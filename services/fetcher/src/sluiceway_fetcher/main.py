@@ -82,6 +82,7 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
         if fetcher.inflight:
             await asyncio.wait(fetcher.inflight, timeout=config.request_timeout + 5)
         await packer.close()
+        await fetcher.acks.close()
         reporting.cancel()
         await asyncio.gather(reporting, return_exceptions=True)
         await reporter.withdraw()
@@ -91,9 +92,10 @@ async def serve(config: FetcherSettings, stop: asyncio.Event) -> int:
     )
     log.info(
         "fetcher stopped: %d keys fetched, %d failed, %d retries queued; %d record messages; "
-        "%d rate-limit slots given up for a late wake-up; fetches by outcome: %s",
-        fetcher.fetched, fetcher.failed, fetcher.retried, packer.messages, limiter.late,
-        outcomes or "none",
+        "%d tasks acked in %d frames; %d rate-limit slots given up for a late wake-up; "
+        "fetches by outcome: %s",
+        fetcher.fetched, fetcher.failed, fetcher.retried, packer.messages, fetcher.acks.tasks,
+        fetcher.acks.frames, limiter.late, outcomes or "none",
     )  # fmt: skip
     return 0
 
