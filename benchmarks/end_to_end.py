@@ -16,12 +16,16 @@ after it. The contenders, with the settings a user starts with:
   ``fetch`` a line of the file (``python -m benchmarks.celery_app FILE``).
 
 The clock runs from the enqueuing process's spawn to the last row seen committed (the pipeline's
-row count, polled every 0.1 s). CPU is each process's own (``/proc``; a prefork pool's children
-included): the fetching and the writing worker's from ready to the last row, the enqueuing
-process's whole life (``wait4``), start-up included, as a user pays it. Every round is then
-checked: its row count is the number of keys, every row's payload is the user
-``sluiceway_sample_api.data`` makes for its key, and a random 50 of them are what the running
-sample API answers. Rounds alternate the contenders (A B C, A B C, …); the report gives medians.
+row count, polled every 0.1 s). Polled with it, the sample API's count of answers gives the
+rate of the fetching alone: the keys answered from the first poll that saw an answer to the
+first that saw them all, a second (at 50 ms, what one fetcher's requests in flight reach,
+without the enqueuing process's start nor the writer's last batch). CPU is each process's
+own (``/proc``; a prefork pool's children included): the fetching and the writing worker's
+from ready to the last row, the enqueuing process's whole life (``wait4``), start-up
+included, as a user pays it. Every round is then checked: its row count is the number of
+keys, every row's payload is the user ``sluiceway_sample_api.data`` makes for its key, and a
+random 50 of them are what the running sample API answers. Rounds alternate the contenders
+(A B C, A B C, …); the report gives medians.
 
 A contender whose requests in flight cannot fetch ``--keys`` in ``--budget`` seconds at an
 upstream latency (at most in-flight ÷ latency keys a second: Celery's prefork x2 at 50 ms, 40)
@@ -134,6 +138,7 @@ class Run:
     startup_cpu_s: dict[str, float] = field(default_factory=dict)  # services, spawn to ready
     api_cpu_us_per_key: float | None = None  # the sample API's, not the contender's
     served: dict[str, int] = field(default_factory=dict)  # the sample API's answers, by status
+    fetch_keys_per_s: float | None = None  # the sample API's answers a second while fetching
     note: str = ""
 
 
@@ -222,6 +227,32 @@ async def served(bench: Bench) -> dict[str, int]:
 # A round
 
 
+@dataclass
+class Fetching:
+    """The sample API's count of answers, as the polls saw it: the first poll that saw an
+    answer and the first that saw all ``keys``."""
+
+    keys: int
+    first: tuple[float, int] | None = None  # (stamp, answers)
+    last: tuple[float, int] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.last is not None
+
+    def saw(self, stamp: float, answers: int) -> None:
+        if self.first is None and answers > 0:
+            self.first = (stamp, answers)
+        if self.first is not None and self.last is None and answers >= self.keys:
+            self.last = (stamp, answers)
+
+    def rate(self) -> float | None:
+        """Answers a second between the two polls; None when one poll saw them all."""
+        if self.first is None or self.last is None or self.last[0] == self.first[0]:
+            return None
+        return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+
+
 def reap(child: Child) -> float | None:
     """The CPU seconds of ``child`` once it has exited (reaping it), else None."""
     pid, status, rusage = os.wait4(child.proc.pid, os.WNOHANG)
@@ -252,6 +283,7 @@ async def push_through(
         with Child("enqueue", enqueue_argv, env, "", bench.logs) as enqueue:
             enqueue_cpu: float | None = None
             landed, last_change = 0, time.perf_counter()
+            fetching = Fetching(run.keys)
             limit = max(120.0, run.keys / 30)
             while True:
                 if (
@@ -272,6 +304,9 @@ async def push_through(
                 # committed before this stamp.
                 stamp = time.perf_counter()
                 count = await db.fetchval(COUNT, pipeline)
+                if not fetching.done:
+                    answered = sum((await served(bench)).values()) - sum(served_before.values())
+                    fetching.saw(stamp, answered)
                 if count >= run.keys:
                     break
                 if count != landed:
@@ -309,6 +344,7 @@ async def push_through(
             s: n - served_before.get(s, 0) for s, n in after.items() if n != served_before.get(s, 0)
         }
         run.keys_per_s = run.keys / run.seconds
+        run.fetch_keys_per_s = fetching.rate()
         run.cpu_us_per_key = {name: cpu[name] * 1e6 / run.keys for name in PROCESSES}
         run.cpu_us_per_key["total"] = sum(cpu.values()) * 1e6 / run.keys
         run.api_cpu_us_per_key = api_cpu * 1e6 / run.keys
@@ -449,7 +485,8 @@ async def run_one(bench: Bench, contender: Contender, latency_ms: float, round_n
         outcome = (
             f"{run.keys_per_s:,.0f} keys/s, {run.cpu_us_per_key['total']:,.0f} µs CPU a key "
             f"(fetcher {run.cpu_us_per_key['fetcher']:,.0f}, writer "
-            f"{run.cpu_us_per_key['writer']:,.0f}, enqueue {run.cpu_us_per_key['enqueue']:,.0f})"
+            f"{run.cpu_us_per_key['writer']:,.0f}, enqueue {run.cpu_us_per_key['enqueue']:,.0f}); "
+            f"fetching {number(run.fetch_keys_per_s)} keys/s"
         )
         if run.served != {"200": run.keys}:
             outcome += f"; the sample API answered {run.served}"
@@ -494,6 +531,9 @@ def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
                 for name in (*PROCESSES, "total")
             }
             entry["api_cpu_us_per_key"] = statistics.median(r.api_cpu_us_per_key or 0.0 for r in ok)
+            rates = [r.fetch_keys_per_s for r in ok if r.fetch_keys_per_s is not None]
+            entry["fetch_keys_per_s"] = statistics.median(rates) if rates else None
+            entry["rounds_fetch_keys_per_s"] = [r.fetch_keys_per_s for r in mine]
         summary.append(entry)
     return summary
 
@@ -535,9 +575,9 @@ def table(summary: Sequence[Mapping[str, Any]], keys: int) -> str:
     """The results as a Markdown table, medians; a contender that fetched fewer than ``keys``
     a round says how many."""
     lines = [
-        "| contender | upstream latency | keys/s | CPU µs a key (services + enqueue) "
-        "| fetcher CPU µs a key | writer | enqueue |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| contender | upstream latency | keys/s | fetching, keys/s "
+        "| CPU µs a key (services + enqueue) | fetcher CPU µs a key | writer | enqueue |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for entry in summary:
         name = entry["name"]
@@ -548,8 +588,9 @@ def table(summary: Sequence[Mapping[str, Any]], keys: int) -> str:
         cpu = entry["cpu_us_per_key"]
         lines.append(
             f"| {name} | {entry['latency_ms']:g} ms | {number(entry['keys_per_s'])} "
-            f"| {number(cpu.get('total'))} | {number(cpu.get('fetcher'))} "
-            f"| {number(cpu.get('writer'))} | {number(cpu.get('enqueue'), ',.1f')} |"
+            f"| {number(entry.get('fetch_keys_per_s'))} | {number(cpu.get('total'))} "
+            f"| {number(cpu.get('fetcher'))} | {number(cpu.get('writer'))} "
+            f"| {number(cpu.get('enqueue'), ',.1f')} |"
         )
     return "\n".join(lines)
 

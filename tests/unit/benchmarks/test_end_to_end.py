@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.end_to_end import check_rows, keys_for, table
+import pytest
+
+from benchmarks.end_to_end import Fetching, check_rows, keys_for, table
 from sluiceway_admin.demo import demo_keys
 from sluiceway_sample_api.data import user
 
@@ -46,7 +48,27 @@ def entry(name: str, keys: int, cpu: dict[str, float], rounds_ok: int = 3) -> di
     return {
         "name": name, "latency_ms": 50.0, "keys": keys, "rounds": 3, "rounds_ok": rounds_ok,
         "keys_per_s": 1234.5 if rounds_ok else None, "cpu_us_per_key": cpu,
+        "fetch_keys_per_s": 1250.0 if rounds_ok else None,
     }  # fmt: skip
+
+
+def test_the_fetching_rate_is_between_the_first_answer_seen_and_the_last() -> None:
+    fetching = Fetching(keys=1000)
+    fetching.saw(10.0, 0)
+    assert fetching.rate() is None
+    fetching.saw(10.1, 100)
+    fetching.saw(10.5, 600)
+    assert not fetching.done
+    fetching.saw(10.9, 1000)
+    assert fetching.done
+    assert fetching.rate() == pytest.approx(900 / 0.8)
+    fetching.saw(11.0, 1000)  # later polls change nothing
+    assert fetching.rate() == pytest.approx(900 / 0.8)
+    # Every answer between two polls: no rate to tell.
+    at_once = Fetching(keys=10)
+    at_once.saw(1.0, 10)
+    at_once.saw(1.1, 10)
+    assert (at_once.done, at_once.rate()) == (True, None)
 
 
 def test_the_table_has_a_row_a_contender_and_says_what_differs() -> None:
@@ -57,10 +79,12 @@ def test_the_table_has_a_row_a_contender_and_says_what_differs() -> None:
         keys=20_000,
     ).splitlines()  # fmt: skip
     assert lines[0] == (
-        "| contender | upstream latency | keys/s | CPU µs a key (services + enqueue) "
-        "| fetcher CPU µs a key | writer | enqueue |"
+        "| contender | upstream latency | keys/s | fetching, keys/s "
+        "| CPU µs a key (services + enqueue) | fetcher CPU µs a key | writer | enqueue |"
     )
-    assert lines[2] == "| sluiceway | 50 ms | 1,234 | 1,000 | 600 | 40 | 30.2 |"
+    assert lines[2] == "| sluiceway | 50 ms | 1,234 | 1,250 | 1,000 | 600 | 40 | 30.2 |"
     assert lines[3].startswith("| Celery, prefork x2 (2,400 keys a round) | 50 ms |")
-    assert lines[4] == "| Celery, threads x32 (3 of 3 rounds failed) | 50 ms | — | — | — | — | — |"
+    assert (
+        lines[4] == "| Celery, threads x32 (3 of 3 rounds failed) | 50 ms | — | — | — | — | — | — |"
+    )
     assert len(lines) == 5
