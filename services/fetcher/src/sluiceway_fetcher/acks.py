@@ -3,7 +3,7 @@
 aio-pika acks one delivery a frame; a fetcher that acked each task alone spent on every key
 an ack frame of its own and, on a quorum queue, a settle command in the broker's log
 (measured here on RabbitMQ 3.10: a consumer acking one by one cost 132 µs of its own CPU and
-96 µs of the broker's a message; acking in runs of up to 32, 83 and 28). A task is still
+96 µs of the broker's a message; acking in runs of up to 32, 83 and 27). A task is still
 acknowledged only once it is finished, never before: :meth:`Acks.done` only marks it.
 
 The tasks of a channel are delivered in order of their delivery tags, one after another, and
