@@ -284,6 +284,7 @@ async def push_through(
             enqueue_cpu: float | None = None
             landed, last_change = 0, time.perf_counter()
             fetching = Fetching(run.keys)
+            answered_before = sum(served_before.values())
             limit = max(120.0, run.keys / 30)
             while True:
                 if (
@@ -305,7 +306,7 @@ async def push_through(
                 stamp = time.perf_counter()
                 count = await db.fetchval(COUNT, pipeline)
                 if not fetching.done:
-                    answered = sum((await served(bench)).values()) - sum(served_before.values())
+                    answered = sum((await served(bench)).values()) - answered_before
                     fetching.saw(stamp, answered)
                 if count >= run.keys:
                     break

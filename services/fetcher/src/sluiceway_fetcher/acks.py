@@ -65,7 +65,6 @@ class _Channel:
     channel: object  # held, so that its id names no other channel while it is kept
     tasks: deque[Delivery] = field(default_factory=deque)
     acked_to: int = 0  # every tag up to this one is settled
-    lost: bool = False
 
 
 class Acks:
@@ -119,9 +118,6 @@ class Acks:
     async def close(self) -> None:
         """Ack every finished task now, those behind an open one alone; call once the tasks
         in hand are finished, before the channel closes."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         while self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
         await self._flush(everything=True)
@@ -159,14 +155,14 @@ class Acks:
                 await self._ack_run(channel)
                 held = await self._ack_held(channel, due)
             except amqp.BROKER_ERRORS as exc:
-                channel.lost = True
                 finished = sum(task.state is State.FINISHED for task in channel.tasks)
                 log.warning(
                     "broker connection lost: %d finished fetch tasks not acknowledged "
                     "return to the queue: %s", finished, exc,
                 )  # fmt: skip
-                held = None
-            if channel.lost or (not channel.tasks and key != self._newest()):
+                del self._channels[key]
+                continue
+            if not channel.tasks and key != self._newest():
                 del self._channels[key]
             if held is not None and (wake is None or held < wake):
                 wake = held
