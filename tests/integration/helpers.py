@@ -132,6 +132,7 @@ class TcpProxy:
         self._url = parts
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._upstream: set[asyncio.StreamWriter] = set()  # of _writers, those to the service
         self._cuts = 0  # a connection accepted before a cut is dropped when it is set up after
         # Per direction, set while bytes flow: "service" (client to service) and "client".
         self._flowing = {"service": asyncio.Event(), "client": asyncio.Event()}
@@ -167,6 +168,7 @@ class TcpProxy:
             up_writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
+        self._upstream.add(up_writer)
 
         async def pipe(
             src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
@@ -186,6 +188,7 @@ class TcpProxy:
             pipe(up_reader, writer, self._flowing["client"]),
         )
         self._writers -= {writer, up_writer}
+        self._upstream.discard(up_writer)
 
     async def cut(self) -> None:
         self._cuts += 1
@@ -195,6 +198,15 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        self._upstream.clear()
+
+    def end(self) -> None:
+        """End every connection as a service closing its socket would: what the service had
+        sent, held or not, reaches the client, then the end of the stream; what the client
+        sent and was held is dropped. The proxy still listens."""
+        for up_writer in list(self._upstream):
+            up_writer.transport.abort()  # the client's pipe reads what is left, then closes
+        self.release()
 
     async def restore(self) -> None:
         await self.start()

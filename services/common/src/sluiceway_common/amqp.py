@@ -45,6 +45,22 @@ BROKER_ERRORS = (
 )
 
 
+def broker_error(exc: BaseException) -> BaseException:
+    """``exc``, unless it is aiormq's reasonless end of a connection: then a broker error.
+
+    aiormq fails a connection's pending futures with the bare ``Exception`` class when its
+    socket ends between two frames (its reader stops as at a close, with no reason to pass
+    on); the same end in mid-frame is an AMQPConnectionError. BROKER_ERRORS cannot name the
+    first without naming every error, so code holding aiormq's futures passes what they
+    raise through here.
+    """
+    if type(exc) is Exception and not exc.args:
+        return aiormq.exceptions.AMQPConnectionError(
+            "the connection ended between two frames, without a close from the broker"
+        )
+    return exc
+
+
 # Why a connection was lost when its node stopped sending anything: aiormq gives up on it
 # after three heartbeat intervals and one second each, (heartbeat + 1) x 3 seconds.
 STUCK = "the node stopped answering: no frame within three heartbeat intervals"

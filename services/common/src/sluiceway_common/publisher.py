@@ -29,7 +29,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from sluiceway_common import topology
+from sluiceway_common import amqp, topology
 
 # Where a content header frame holds the body size: after the frame's type (1 byte),
 # channel (2) and size (4), and the header's class id (2) and weight (2). AMQP 0-9-1, 4.2.6.1.
@@ -235,7 +235,13 @@ class ConfirmedPublisher:
             confirmation.add_done_callback(partial(self._on_settled, ids, message_id))
             self._inflight.append(confirmation)
         # The socket's own backpressure: the writer drains it before settling this.
-        await drained
+        try:
+            await drained
+        except Exception as exc:
+            error = amqp.broker_error(exc)
+            if error is exc:
+                raise
+            raise error from None
 
 
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:
@@ -244,7 +250,7 @@ def _failure(future: asyncio.Future[Any]) -> BaseException | None:
         return aiormq.exceptions.ChannelInvalidStateError("the channel closed before a confirm")
     exception = future.exception()
     if exception is not None:
-        return exception
+        return amqp.broker_error(exception)
     result = future.result()
     if isinstance(result, spec.Basic.Ack):
         return None
