@@ -45,6 +45,9 @@ from sluiceway_operator.spec import NO_DEFAULTS, InvalidSpec, parse
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
 DEFAULT_POLL = float(crd.SPEC["properties"]["pollIntervalSeconds"]["default"])
 PEERING_RETRY = 10.0  # seconds between attempts to create a missing peering object
+# How long a Pipeline's clients stay open, at its deletion or the operator's exit, for its
+# timers' cancelled runs to unwind (a run is cancelled mid-call, so it takes milliseconds).
+UNWIND_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,14 @@ class Kept:
     # The status as this operator last wrote it: the body's, seen through the watch, can lag
     # behind, and a stale one would repeat the steps it records (an Event, a Redis write).
     written: dict[str, Any] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        """Close the controller's clients, once the runs that a stop cancelled are done with
+        them: a run still unwinding would otherwise use a closed client, or open anew one
+        that nobody closes."""
+        for poll in (self.reconcile, self.migrate):
+            await poll.unwound(UNWIND_SECONDS)
+        await self.controller.close()
 
     def status(self, body: kopf.Body) -> dict[str, Any]:
         return {**dict(body.status), **self.written}
@@ -168,7 +179,7 @@ async def peering_objects(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for each in memo.get("pipelines", {}).values():
-        await each.controller.close()
+        await each.close()
     if isinstance(kube := memo.get("kube"), Kube):
         await kube.close()
 
@@ -267,7 +278,7 @@ async def deleted(name: str, namespace: str | None, uid: str, spec: kopf.Spec, m
         recorder.forget(namespace, name)
     memo.get("named", {}).pop((namespace, name), None)
     if isinstance(pipeline := memo["pipelines"].pop(uid, None), Kept):
-        await pipeline.controller.close()
+        await pipeline.close()
     try:
         pipeline_spec = parse(name, namespace, dict(spec), memo["defaults"])
     except InvalidSpec:

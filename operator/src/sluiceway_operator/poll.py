@@ -9,7 +9,7 @@ to the Pipeline wakes.
 
 kopf gives a stopped timer a few event-loop cycles to return before it leaves it running
 orphaned, so a timer stopped mid-run (the Pipeline deleted, the operator exiting) returns at
-once: its work is cancelled and left to unwind.
+once: its work is cancelled and left to unwind, and :meth:`Poll.unwound` waits for that.
 """
 
 from __future__ import annotations
@@ -70,3 +70,9 @@ class Poll:
                 task.add_done_callback(self._cancelled.discard)
                 task.add_done_callback(_unwound)
         return task.result() if task.done() else None
+
+    async def unwound(self, within: float) -> None:
+        """Until the runs that a stop cancelled have unwound, or ``within`` seconds: what
+        they hold (the controller's clients) is closed only after."""
+        if self._cancelled:
+            await asyncio.wait(set(self._cancelled), timeout=within)

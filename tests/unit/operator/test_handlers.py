@@ -1,8 +1,10 @@
 """What the handlers keep for a Pipeline between its timers' runs: the status as last written,
-and only what the Pipeline does not have already put on kopf's patch."""
+and only what the Pipeline does not have already put on kopf's patch; its clients closed
+only once its timers' cancelled runs are done with them."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import cast
 
 import kopf
@@ -49,3 +51,35 @@ def test_a_field_written_replaces_the_one_before_keys_it_lacks_nulled() -> None:
     quiet = kopf.Patch()
     assert not kept.write(quiet, seen, {"migration": done, "writerImage": "w:1"})
     assert not quiet
+
+
+async def test_the_clients_are_closed_only_once_the_cancelled_runs_have_unwound() -> None:
+    said: list[str] = []
+
+    class Closing:
+        async def close(self) -> None:
+            said.append("closed")
+
+    kept = Kept(cast(Controller, Closing()))
+    stop = asyncio.Event()
+
+    class Stopped:  # kopf's flag, as a timer sees it
+        def __bool__(self) -> bool:
+            return stop.is_set()
+
+        async def wait(self) -> None:
+            await stop.wait()
+
+    async def tick() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0.1)  # a client call on the way out
+            said.append("unwound")
+
+    running = asyncio.ensure_future(kept.reconcile.run(tick(), cast(kopf.DaemonStopped, Stopped())))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await running  # the timer is out, its run left to unwind
+    await kept.close()
+    assert said == ["unwound", "closed"]

@@ -110,3 +110,43 @@ async def test_a_timer_stopped_mid_run_returns_within_a_few_loop_cycles() -> Non
     assert run.done()
     assert run.result() is None
     await asyncio.wait_for(unwound.wait(), 5)
+
+
+async def test_unwound_waits_for_the_runs_a_stop_cancelled() -> None:
+    poll, (flagged, stopped) = Poll(), flag()
+    unwound = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0.2)  # still using what the controller holds
+            unwound.set()
+
+    run = asyncio.ensure_future(poll.run(work(), stopped))
+    await asyncio.sleep(0.05)
+    flagged.event.set()
+    await run  # the timer is out
+    assert not unwound.is_set()
+    await poll.unwound(5)
+    assert unwound.is_set()
+    await poll.unwound(5)  # nothing left: at once
+
+
+async def test_unwound_gives_up_after_its_time() -> None:
+    poll, (flagged, stopped) = Poll(), flag()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(1)
+
+    run = asyncio.ensure_future(poll.run(work(), stopped))
+    await asyncio.sleep(0.05)
+    flagged.event.set()
+    await run
+    start = time.monotonic()
+    await poll.unwound(0.1)
+    assert time.monotonic() - start < 0.9
+    await poll.unwound(5)
