@@ -93,6 +93,21 @@ async def test_a_task_behind_an_open_one_waits_for_it_then_goes_alone(
     assert await left_on_queue(amqp_connection, pipeline, 1) == ["k3"]  # the open task, unacked
 
 
+async def test_a_task_finished_as_a_flush_ends_is_acked_at_once(
+    pipeline: str, amqp_connection: AbstractConnection
+) -> None:
+    channel, consumer = await consume(amqp_connection, pipeline, 2, hold=60)
+    acks, (first, second) = consumer.acks, consumer.deliveries
+    acks.done(second)  # a flush starts: nothing to ack yet, the second held for the first
+    # The first finishes right after that flush ends, a turn of the loop before the flush is
+    # let go (its done callback comes next): it must start a flush of its own.
+    asyncio.get_running_loop().call_soon(acks.done, first)
+    await eventually(lambda: _acked(acks, 2), within=10, what="the run of two, long before HOLD")
+    assert acks.frames == 1
+    await channel.close()
+    assert await left_on_queue(amqp_connection, pipeline, 0) == []
+
+
 async def test_a_run_never_acks_a_task_given_back(
     pipeline: str, amqp_connection: AbstractConnection
 ) -> None:

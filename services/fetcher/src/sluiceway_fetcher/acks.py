@@ -118,21 +118,24 @@ class Acks:
     async def close(self) -> None:
         """Ack every finished task now, those behind an open one alone; call once the tasks
         in hand are finished, before the channel closes."""
-        while self._flushing is not None:
+        while self._flushing is not None and not self._flushing.done():
             await asyncio.gather(self._flushing, return_exceptions=True)
         await self._flush(everything=True)
 
     def _flush_soon(self) -> None:
         # A task, not a call now: the tasks woken with this one (a pack's) are finished
         # too by the time it runs, and go in the same run.
-        if self._flushing is not None:
+        # A flush that has ended may not have been let go yet (its done callback comes a
+        # turn of the loop later): only one still under way looks at ``_again`` again.
+        if self._flushing is not None and not self._flushing.done():
             self._again = True
         else:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
             self._flushing.add_done_callback(self._flushed)
 
     def _flushed(self, flushing: asyncio.Task[None]) -> None:
-        self._flushing = None
+        if self._flushing is flushing:
+            self._flushing = None
         if not flushing.cancelled() and flushing.exception() is not None:
             log.error("acking fetch tasks failed: %r", flushing.exception())
 
