@@ -222,8 +222,13 @@ class SharedLimiter:
         self._next = index + 1
         return self._first + index * self._interval
 
+    @property
+    def _end(self) -> float:
+        """When the run's last slot has passed."""
+        return self._first + self._count * self._interval
+
     def _past_half(self, now: float) -> bool:
-        return now >= self._first + self._count * self._interval / 2
+        return now >= (self._first + self._end) / 2
 
     def _keep_in_hand(self, loop: asyncio.AbstractEventLoop) -> None:
         """Far from the limit, reserve the next run as this one ends, if a caller asked
@@ -232,8 +237,7 @@ class SharedLimiter:
             self._keeping.cancel()
             self._keeping = None
         if self._spare:
-            end = self._first + self._count * self._interval
-            self._keeping = loop.call_at(end, self._renew, loop)
+            self._keeping = loop.call_at(self._end, self._renew, loop)
 
     def _renew(self, loop: asyncio.AbstractEventLoop) -> None:
         self._keeping = None
