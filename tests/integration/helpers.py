@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 import ssl
 import time
@@ -17,8 +18,9 @@ import aio_pika
 import aio_pika.exceptions
 import aiohttp
 import redis.asyncio as aioredis
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiohttp import web
+from aiormq.abc import DeliveredMessage
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluiceway_common import codec, sink, store, topology
@@ -235,6 +237,44 @@ async def consumers(connection: AbstractConnection, queue: str) -> int:
     finally:
         if not channel.is_closed:
             await channel.close()
+
+
+@asynccontextmanager
+async def ending_between_frames(
+    proxy: TcpProxy, channel: AbstractChannel, observer: AbstractConnection
+) -> AsyncIterator[None]:
+    """Within the block, :meth:`TcpProxy.end` ends ``channel``'s connection (through
+    ``proxy``) the way aiormq reads as a close with no reason: its reader finds the end of
+    the stream only after the frames before it, being busy with them, and fails the futures
+    still open with the bare ``Exception`` class. Busy with 300 deliveries to a consumer on
+    another channel of the connection, held back until the end; nothing sent within the
+    block reaches the broker, so what it sends is still unconfirmed then. ``observer``, a
+    connection of its own, sees the consumer start."""
+    backlog = f"t-backlog-{secrets.token_hex(6)}"
+    setup = await observer.channel()
+    await setup.declare_queue(backlog, auto_delete=True)
+    for i in range(300):
+        await setup.default_exchange.publish(aio_pika.Message(b"%d" % i), backlog)
+    underlay = await channel.get_underlay_channel()
+    consuming = await underlay.connection.channel()  # its own: a consume holds the lock
+    proxy.hold("client")
+    consume = asyncio.ensure_future(consuming.basic_consume(backlog, _ignore))
+
+    async def sent() -> bool:  # the broker has the consumer: its deliveries are on their way
+        return await consumers(observer, backlog) == 1
+
+    try:
+        await eventually(sent, within=30, what="a consumer on the backlog")
+        proxy.hold("service")
+        yield
+    finally:
+        await asyncio.gather(consume, return_exceptions=True)
+        await setup.queue_delete(backlog)
+        await setup.close()
+
+
+async def _ignore(message: DeliveredMessage) -> None:
+    pass
 
 
 @asynccontextmanager

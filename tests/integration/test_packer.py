@@ -11,7 +11,8 @@ from aio_pika.abc import AbstractConnection
 
 from sluiceway_common import amqp, codec, topology
 from sluiceway_fetcher.packer import Packer, PackPolicy
-from tests.integration.helpers import drain
+from tests.conftest import ServiceUrls
+from tests.integration.helpers import TcpProxy, drain, ending_between_frames
 
 pytestmark = pytest.mark.integration
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -76,3 +77,30 @@ async def test_a_failed_publish_reaches_every_record_of_the_pack(
     assert all(isinstance(r, Exception) for r in results)
     await packer.close()
     await channel.close()
+
+
+async def test_a_connection_ended_between_two_frames_reaches_every_record_as_a_broker_error(
+    pipeline: str, services: ServiceUrls, amqp_connection: AbstractConnection
+) -> None:
+    proxy = await TcpProxy(services.amqp).start()
+    connection = await amqp.connect(proxy.url, "test")
+    try:
+        channel = await amqp.publishing_channel(connection)
+        await topology.declare(channel, topology.Queues(pipeline))
+        policy = PackPolicy(linger=0.01, max_records=10, max_bytes=1 << 20,
+                            compress_min_bytes=1 << 20)  # fmt: skip
+        packer = Packer(channel, topology.Queues(pipeline).records, policy)
+        async with ending_between_frames(proxy, channel, amqp_connection):
+            publishing = [asyncio.ensure_future(packer.publish(codec.encode_record(
+                f"k{i}", b"1", AT))) for i in range(3)]  # fmt: skip
+            await asyncio.sleep(0.2)  # the pack is sent, its confirm held back
+            proxy.end()
+            results = await asyncio.wait_for(
+                asyncio.gather(*publishing, return_exceptions=True), 30
+            )
+        assert all(isinstance(r, amqp.BROKER_ERRORS) for r in results), results
+        assert "without a close from the broker" in str(results[0])
+        await packer.close()
+    finally:
+        await connection.close()
+        await proxy.close()

@@ -10,12 +10,18 @@ import aio_pika
 import aiormq.exceptions
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
-from aiormq.abc import DeliveredMessage
 
 from sluiceway_common import amqp, topology
 from sluiceway_common.publisher import ConfirmedPublisher
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import TcpProxy, consumers, depth, depth_is, drain, eventually
+from tests.integration.helpers import (
+    TcpProxy,
+    depth,
+    depth_is,
+    drain,
+    ending_between_frames,
+    eventually,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -173,37 +179,13 @@ async def test_a_lost_connection_fails_the_publisher_and_keeps_the_confirmed_pre
 async def test_a_connection_ended_between_two_frames_fails_the_publisher_with_a_broker_error(
     amqp_connection: AbstractConnection, queue: str, proxied: tuple[TcpProxy, AbstractChannel]
 ) -> None:
-    # aiormq's reader stops as at a close when the socket has ended by the time it looks for
-    # the next frame, and fails the connection's futures with the bare Exception class. It
-    # looks late when it is busy: here with deliveries to a consumer on the same connection,
-    # held back and let through with the end of the stream behind them, while the publisher
-    # waits for confirms of messages that never reached the broker.
     proxy, channel = proxied
-    backlog = f"{queue}.backlog"
-    setup = await amqp_connection.channel()
-    await setup.declare_queue(backlog, auto_delete=True)
-    for i in range(300):
-        await setup.default_exchange.publish(aio_pika.Message(b"%d" % i), backlog)
-    consuming = await (await channel.get_underlay_channel()).connection.channel()
-    proxy.hold("client")
-    consume = asyncio.ensure_future(consuming.basic_consume(backlog, _ignore))
-
-    async def sent() -> bool:  # the broker has the consumer: its deliveries are on their way
-        return await consumers(amqp_connection, backlog) == 1
-
-    await eventually(sent, within=30, what="a consumer on the backlog")
-    proxy.hold("service")
-    publisher = ConfirmedPublisher(channel, queue, batch=10)
-    for i in range(100):
-        await publisher.publish(b"%d" % i)
-    await publisher.flush()
-    proxy.end()
-    with pytest.raises(amqp.BROKER_ERRORS, match="without a close from the broker"):
-        await asyncio.wait_for(publisher.drain(), 30)
-    assert publisher.confirmed == 0
-    await asyncio.gather(consume, return_exceptions=True)
-    await setup.close()
-
-
-async def _ignore(message: DeliveredMessage) -> None:
-    pass
+    async with ending_between_frames(proxy, channel, amqp_connection):
+        publisher = ConfirmedPublisher(channel, queue, batch=10)
+        for i in range(100):
+            await publisher.publish(b"%d" % i)
+        await publisher.flush()
+        proxy.end()
+        with pytest.raises(amqp.BROKER_ERRORS, match="without a close from the broker"):
+            await asyncio.wait_for(publisher.drain(), 30)
+        assert publisher.confirmed == 0

@@ -10,16 +10,21 @@ import logging
 import random
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
 import zstandard
 from aio_pika.abc import AbstractConnection
+from prometheus_client import CollectorRegistry
 
-from sluiceway_common import topology
+from sluiceway_common import amqp, codec, topology
+from sluiceway_writer.batcher import Batcher
 from sluiceway_writer.config import WriterSettings
+from sluiceway_writer.consumer import Writer
 from sluiceway_writer.main import serve
+from sluiceway_writer.metrics import Timings
+from sluiceway_writer.sink import Sink
 from tests.conftest import ServiceUrls
 from tests.integration.helpers import (
     TcpProxy,
@@ -27,6 +32,7 @@ from tests.integration.helpers import (
     depth,
     depth_is,
     drain,
+    ending_between_frames,
     eventually,
     publish,
     record,
@@ -448,3 +454,29 @@ async def test_a_broker_cut_while_the_writer_holds_a_batch_loses_nothing_and_cra
         await proxy.close()
     assert await count(db, pipeline) == 10
     assert await depth(amqp_connection, queues.dead) == 0
+
+
+async def test_a_dead_letter_unconfirmed_when_the_connection_ends_between_frames_is_a_broker_error(
+    services: ServiceUrls, pipeline: str, amqp_connection: AbstractConnection
+) -> None:
+    # What the writer's callers catch to give the batch back, or retry a merge: a broker error.
+    queues = topology.Queues(pipeline)
+    proxy = await TcpProxy(services.amqp).start()
+    connection = await amqp.connect(proxy.url, "test")
+    try:
+        channel = await amqp.publishing_channel(connection)
+        await topology.declare(channel, queues)
+        timings = Timings.create(CollectorRegistry(), pipeline)
+        # Dead-lettering takes the channel and the queues only: no sink.
+        writing = Writer(channel, queues, cast(Sink, None), Batcher(10, 1.0, 1 << 20),
+                         asyncio.Event(), timings)  # fmt: skip
+        async with ending_between_frames(proxy, channel, amqp_connection):
+            refused = codec.Record("k", "{}", T0)
+            sending = asyncio.ensure_future(writing.dead_letter(refused, "refused"))
+            await asyncio.sleep(0.2)  # published, its confirm held back
+            proxy.end()
+            with pytest.raises(amqp.BROKER_ERRORS, match="without a close from the broker"):
+                await asyncio.wait_for(sending, 30)
+    finally:
+        await connection.close()
+        await proxy.close()

@@ -52,13 +52,25 @@ def broker_error(exc: BaseException) -> BaseException:
     socket ends between two frames (its reader stops as at a close, with no reason to pass
     on); the same end in mid-frame is an AMQPConnectionError. BROKER_ERRORS cannot name the
     first without naming every error, so code holding aiormq's futures passes what they
-    raise through here.
+    raise through here (or await them with :func:`broker_result`).
     """
     if type(exc) is Exception and not exc.args:
         return aiormq.exceptions.AMQPConnectionError(
             "the connection ended between two frames, without a close from the broker"
         )
     return exc
+
+
+async def broker_result(awaitable: Awaitable[T]) -> T:
+    """What ``awaitable`` (a publish's confirm, a frame's drain) gives; aiormq's reasonless
+    end of the connection raised as a broker error (see :func:`broker_error`)."""
+    try:
+        return await awaitable
+    except Exception as exc:
+        error = broker_error(exc)
+        if error is exc:
+            raise
+        raise error from None
 
 
 # Why a connection was lost when its node stopped sending anything: aiormq gives up on it

@@ -235,13 +235,7 @@ class ConfirmedPublisher:
             confirmation.add_done_callback(partial(self._on_settled, ids, message_id))
             self._inflight.append(confirmation)
         # The socket's own backpressure: the writer drains it before settling this.
-        try:
-            await drained
-        except Exception as exc:
-            error = amqp.broker_error(exc)
-            if error is exc:
-                raise
-            raise error from None
+        await amqp.broker_result(drained)
 
 
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import zstandard
 from aio_pika.abc import AbstractChannel
 
-from sluiceway_common import topology
+from sluiceway_common import amqp, topology
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Packer:
             )
         except Exception as exc:  # handed to every record's publisher, which decides
             if not pack.confirmed.done():
-                pack.confirmed.set_exception(exc)
+                pack.confirmed.set_exception(amqp.broker_error(exc))
         else:
             self.messages += 1
             if self._confirmed is not None and pack.keys:

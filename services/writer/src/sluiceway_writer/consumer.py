@@ -210,11 +210,11 @@ class Writer:
     ) -> None:
         log.warning("dead-lettering a record: %s", reason)
         headers["x-sluiceway-reason"] = reason[:1000]
-        await self._channel.default_exchange.publish(
+        await amqp.broker_result(self._channel.default_exchange.publish(
             topology.persistent(body, headers=headers, content_encoding=encoding),
             routing_key=self._queues.dead,
             mandatory=True,
-        )
+        ))  # fmt: skip
 
     async def _ack(self, messages: list[AbstractIncomingMessage]) -> None:
         # One ack with `multiple` covers every earlier delivery on the same channel, all of
