@@ -138,6 +138,7 @@ class TcpProxy:
         self._cuts = 0  # a connection accepted before a cut is dropped when it is set up after
         # Per direction, set while bytes flow: "service" (client to service) and "client".
         self._flowing = {"service": asyncio.Event(), "client": asyncio.Event()}
+        self.taken = {"service": 0, "client": 0}  # bytes read on their way there, held or not
         for flowing in self._flowing.values():
             flowing.set()
         self.port = 0
@@ -172,11 +173,11 @@ class TcpProxy:
         self._writers |= {writer, up_writer}
         self._upstream.add(up_writer)
 
-        async def pipe(
-            src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
-        ) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, towards: str) -> None:
+            flowing = self._flowing[towards]
             try:
                 while data := await src.read(65536):
+                    self.taken[towards] += len(data)
                     await flowing.wait()
                     dst.write(data)
                     await dst.drain()
@@ -186,8 +187,8 @@ class TcpProxy:
                 dst.close()
 
         await asyncio.gather(
-            pipe(reader, up_writer, self._flowing["service"]),
-            pipe(up_reader, writer, self._flowing["client"]),
+            pipe(reader, up_writer, "service"),
+            pipe(up_reader, writer, "client"),
         )
         self._writers -= {writer, up_writer}
         self._upstream.discard(up_writer)
@@ -242,14 +243,15 @@ async def consumers(connection: AbstractConnection, queue: str) -> int:
 @asynccontextmanager
 async def ending_between_frames(
     proxy: TcpProxy, channel: AbstractChannel, observer: AbstractConnection
-) -> AsyncIterator[None]:
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """Within the block, :meth:`TcpProxy.end` ends ``channel``'s connection (through
     ``proxy``) the way aiormq reads as a close with no reason: its reader finds the end of
     the stream only after the frames before it, being busy with them, and fails the futures
     still open with the bare ``Exception`` class. Busy with 300 deliveries to a consumer on
     another channel of the connection, held back until the end; nothing sent within the
-    block reaches the broker, so what it sends is still unconfirmed then. ``observer``, a
-    connection of its own, sees the consumer start."""
+    block reaches the broker, so what it sends is still unconfirmed then; the block is given
+    a wait for the first bytes it sends to reach the proxy. ``observer``, a connection of its
+    own, sees the consumer start."""
     backlog = f"t-backlog-{secrets.token_hex(6)}"
     setup = await observer.channel()
     await setup.declare_queue(backlog, auto_delete=True)
@@ -266,7 +268,15 @@ async def ending_between_frames(
     try:
         await eventually(sent, within=30, what="a consumer on the backlog")
         proxy.hold("service")
-        yield
+        before = proxy.taken["service"]
+
+        async def taken() -> bool:
+            return proxy.taken["service"] > before
+
+        async def sent_within() -> None:
+            await eventually(taken, within=30, what="bytes sent within the block")
+
+        yield sent_within
     finally:
         await asyncio.gather(consume, return_exceptions=True)
         await setup.queue_delete(backlog)

@@ -90,10 +90,10 @@ async def test_a_connection_ended_between_two_frames_reaches_every_record_as_a_b
         policy = PackPolicy(linger=0.01, max_records=10, max_bytes=1 << 20,
                             compress_min_bytes=1 << 20)  # fmt: skip
         packer = Packer(channel, topology.Queues(pipeline).records, policy)
-        async with ending_between_frames(proxy, channel, amqp_connection):
+        async with ending_between_frames(proxy, channel, amqp_connection) as sent:
             publishing = [asyncio.ensure_future(packer.publish(codec.encode_record(
                 f"k{i}", b"1", AT))) for i in range(3)]  # fmt: skip
-            await asyncio.sleep(0.2)  # the pack is sent, its confirm held back
+            await sent()  # the pack, its confirm to come
             proxy.end()
             results = await asyncio.wait_for(
                 asyncio.gather(*publishing, return_exceptions=True), 30

@@ -470,10 +470,10 @@ async def test_a_dead_letter_unconfirmed_when_the_connection_ends_between_frames
         # Dead-lettering takes the channel and the queues only: no sink.
         writing = Writer(channel, queues, cast(Sink, None), Batcher(10, 1.0, 1 << 20),
                          asyncio.Event(), timings)  # fmt: skip
-        async with ending_between_frames(proxy, channel, amqp_connection):
+        async with ending_between_frames(proxy, channel, amqp_connection) as sent:
             refused = codec.Record("k", "{}", T0)
             sending = asyncio.ensure_future(writing.dead_letter(refused, "refused"))
-            await asyncio.sleep(0.2)  # published, its confirm held back
+            await sent()  # the dead letter, its confirm to come
             proxy.end()
             with pytest.raises(amqp.BROKER_ERRORS, match="without a close from the broker"):
                 await asyncio.wait_for(sending, 30)
