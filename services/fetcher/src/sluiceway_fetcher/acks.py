@@ -74,7 +74,7 @@ class Acks:
     def __init__(self, hold: float = HOLD) -> None:
         self._hold = hold
         self._channels: dict[int, _Channel] = {}
-        self._flushing: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None  # the last flush, perhaps ended
         self._again = False  # a task finished while a flush was under way
         self._timer: asyncio.TimerHandle | None = None
         self.tasks = 0  # tasks acked
@@ -118,24 +118,27 @@ class Acks:
     async def close(self) -> None:
         """Ack every finished task now, those behind an open one alone; call once the tasks
         in hand are finished, before the channel closes."""
-        while self._flushing is not None and not self._flushing.done():
-            await asyncio.gather(self._flushing, return_exceptions=True)
+        while (flushing := self._under_way()) is not None:
+            await asyncio.gather(flushing, return_exceptions=True)
         await self._flush(everything=True)
 
     def _flush_soon(self) -> None:
         # A task, not a call now: the tasks woken with this one (a pack's) are finished
         # too by the time it runs, and go in the same run.
-        # A flush that has ended may not have been let go yet (its done callback comes a
-        # turn of the loop later): only one still under way looks at ``_again`` again.
-        if self._flushing is not None and not self._flushing.done():
+        if self._under_way() is not None:
             self._again = True
         else:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
             self._flushing.add_done_callback(self._flushed)
 
-    def _flushed(self, flushing: asyncio.Task[None]) -> None:
-        if self._flushing is flushing:
-            self._flushing = None
+    def _under_way(self) -> asyncio.Task[None] | None:
+        """The flush under way, if one is: it looks at ``_again`` again before it ends. One
+        that has ended does not, even in the turn of the loop before its done callback."""
+        flushing = self._flushing
+        return flushing if flushing is not None and not flushing.done() else None
+
+    @staticmethod
+    def _flushed(flushing: asyncio.Task[None]) -> None:
         if not flushing.cancelled() and flushing.exception() is not None:
             log.error("acking fetch tasks failed: %r", flushing.exception())
 
