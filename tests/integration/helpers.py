@@ -23,7 +23,7 @@ from aiohttp import web
 from aiormq.abc import DeliveredMessage
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluiceway_common import codec, sink, store, topology
+from sluiceway_common import amqp, codec, sink, store, topology
 from sluiceway_fetcher.config import FetcherSettings
 from sluiceway_fetcher.main import serve as serve_fetcher
 from sluiceway_writer.config import WriterSettings
@@ -241,6 +241,19 @@ async def consumers(connection: AbstractConnection, queue: str) -> int:
 
 
 @asynccontextmanager
+async def through_proxy(url: str) -> AsyncIterator[tuple[TcpProxy, AbstractChannel]]:
+    """A publishing channel on a connection of its own to the broker at ``url``, through a
+    proxy the test can hold, cut or end."""
+    proxy = await TcpProxy(url).start()
+    connection = await amqp.connect(proxy.url, "test")
+    try:
+        yield proxy, await amqp.publishing_channel(connection)
+    finally:
+        await connection.close()
+        await proxy.close()
+
+
+@asynccontextmanager
 async def ending_between_frames(
     proxy: TcpProxy, channel: AbstractChannel, observer: AbstractConnection
 ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
@@ -262,11 +275,11 @@ async def ending_between_frames(
     proxy.hold("client")
     consume = asyncio.ensure_future(consuming.basic_consume(backlog, _ignore))
 
-    async def sent() -> bool:  # the broker has the consumer: its deliveries are on their way
+    async def subscribed() -> bool:  # the broker has the consumer: its deliveries are on their way
         return await consumers(observer, backlog) == 1
 
     try:
-        await eventually(sent, within=30, what="a consumer on the backlog")
+        await eventually(subscribed, within=30, what="a consumer on the backlog")
         proxy.hold("service")
         before = proxy.taken["service"]
 

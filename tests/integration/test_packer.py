@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractConnection
 from sluiceway_common import amqp, codec, topology
 from sluiceway_fetcher.packer import Packer, PackPolicy
 from tests.conftest import ServiceUrls
-from tests.integration.helpers import TcpProxy, drain, ending_between_frames
+from tests.integration.helpers import drain, ending_between_frames, through_proxy
 
 pytestmark = pytest.mark.integration
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -82,10 +82,7 @@ async def test_a_failed_publish_reaches_every_record_of_the_pack(
 async def test_a_connection_ended_between_two_frames_reaches_every_record_as_a_broker_error(
     pipeline: str, services: ServiceUrls, amqp_connection: AbstractConnection
 ) -> None:
-    proxy = await TcpProxy(services.amqp).start()
-    connection = await amqp.connect(proxy.url, "test")
-    try:
-        channel = await amqp.publishing_channel(connection)
+    async with through_proxy(services.amqp) as (proxy, channel):
         await topology.declare(channel, topology.Queues(pipeline))
         policy = PackPolicy(linger=0.01, max_records=10, max_bytes=1 << 20,
                             compress_min_bytes=1 << 20)  # fmt: skip
@@ -101,6 +98,3 @@ async def test_a_connection_ended_between_two_frames_reaches_every_record_as_a_b
         assert all(isinstance(r, amqp.BROKER_ERRORS) for r in results), results
         assert "without a close from the broker" in str(results[0])
         await packer.close()
-    finally:
-        await connection.close()
-        await proxy.close()

@@ -21,6 +21,7 @@ from tests.integration.helpers import (
     drain,
     ending_between_frames,
     eventually,
+    through_proxy,
 )
 
 pytestmark = pytest.mark.integration
@@ -46,14 +47,8 @@ async def channel(amqp_connection: AbstractConnection) -> AsyncIterator[Abstract
 
 @pytest.fixture
 async def proxied(services: ServiceUrls) -> AsyncIterator[tuple[TcpProxy, AbstractChannel]]:
-    """A publishing channel on a connection of its own through a proxy the test can hold or cut."""
-    proxy = await TcpProxy(services.amqp).start()
-    connection = await amqp.connect(proxy.url, "test")
-    try:
-        yield proxy, await amqp.publishing_channel(connection)
-    finally:
-        await connection.close()
-        await proxy.close()
+    async with through_proxy(services.amqp) as pair:
+        yield pair
 
 
 async def test_every_message_arrives_in_order_with_its_properties(

@@ -37,6 +37,7 @@ from tests.integration.helpers import (
     publish,
     record,
     running_writer,
+    through_proxy,
 )
 
 pytestmark = pytest.mark.integration
@@ -461,10 +462,7 @@ async def test_a_dead_letter_unconfirmed_when_the_connection_ends_between_frames
 ) -> None:
     # What the writer's callers catch to give the batch back, or retry a merge: a broker error.
     queues = topology.Queues(pipeline)
-    proxy = await TcpProxy(services.amqp).start()
-    connection = await amqp.connect(proxy.url, "test")
-    try:
-        channel = await amqp.publishing_channel(connection)
+    async with through_proxy(services.amqp) as (proxy, channel):
         await topology.declare(channel, queues)
         timings = Timings.create(CollectorRegistry(), pipeline)
         # Dead-lettering takes the channel and the queues only: no sink.
@@ -477,6 +475,3 @@ async def test_a_dead_letter_unconfirmed_when_the_connection_ends_between_frames
             proxy.end()
             with pytest.raises(amqp.BROKER_ERRORS, match="without a close from the broker"):
                 await asyncio.wait_for(sending, 30)
-    finally:
-        await connection.close()
-        await proxy.close()

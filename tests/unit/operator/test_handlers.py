@@ -11,6 +11,7 @@ import kopf
 
 from sluiceway_operator.controller import Controller
 from sluiceway_operator.handlers import Kept
+from tests.unit.operator.test_poll import stopped_mid_run
 
 
 def test_only_changed_fields_go_on_kopfs_patch_and_the_last_written_wins() -> None:
@@ -61,14 +62,6 @@ async def test_the_clients_are_closed_only_once_the_cancelled_runs_have_unwound(
             said.append("closed")
 
     kept = Kept(cast(Controller, Closing()))
-    stop = asyncio.Event()
-
-    class Stopped:  # kopf's flag, as a timer sees it
-        def __bool__(self) -> bool:
-            return stop.is_set()
-
-        async def wait(self) -> None:
-            await stop.wait()
 
     async def tick() -> None:
         try:
@@ -77,9 +70,6 @@ async def test_the_clients_are_closed_only_once_the_cancelled_runs_have_unwound(
             await asyncio.sleep(0.1)  # a client call on the way out
             said.append("unwound")
 
-    running = asyncio.ensure_future(kept.reconcile.run(tick(), cast(kopf.DaemonStopped, Stopped())))
-    await asyncio.sleep(0.05)
-    stop.set()
-    await running  # the timer is out, its run left to unwind
+    await stopped_mid_run(kept.reconcile, tick())
     await kept.close()
     assert said == ["unwound", "closed"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import cast
+from collections.abc import Coroutine
+from typing import Any, cast
 
 import kopf
 import pytest
@@ -29,6 +30,16 @@ class Stopped:
 def flag() -> tuple[Stopped, kopf.DaemonStopped]:
     stopped = Stopped()
     return stopped, cast(kopf.DaemonStopped, stopped)
+
+
+async def stopped_mid_run(poll: Poll, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` on ``poll``'s timer and stop the timer while it runs; return as soon as
+    the timer is out, its run cancelled and left to unwind."""
+    flagged, stopped = flag()
+    run = asyncio.ensure_future(poll.run(work, stopped))
+    await asyncio.sleep(0.05)
+    flagged.event.set()
+    await run
 
 
 async def took(poll: Poll, seconds: float, stopped: kopf.DaemonStopped) -> tuple[bool, float]:
@@ -113,7 +124,7 @@ async def test_a_timer_stopped_mid_run_returns_within_a_few_loop_cycles() -> Non
 
 
 async def test_unwound_waits_for_the_runs_a_stop_cancelled() -> None:
-    poll, (flagged, stopped) = Poll(), flag()
+    poll = Poll()
     unwound = asyncio.Event()
 
     async def work() -> None:
@@ -123,10 +134,7 @@ async def test_unwound_waits_for_the_runs_a_stop_cancelled() -> None:
             await asyncio.sleep(0.2)  # still using what the controller holds
             unwound.set()
 
-    run = asyncio.ensure_future(poll.run(work(), stopped))
-    await asyncio.sleep(0.05)
-    flagged.event.set()
-    await run  # the timer is out
+    await stopped_mid_run(poll, work())
     assert not unwound.is_set()
     await poll.unwound(5)
     assert unwound.is_set()
@@ -134,7 +142,7 @@ async def test_unwound_waits_for_the_runs_a_stop_cancelled() -> None:
 
 
 async def test_unwound_gives_up_after_its_time() -> None:
-    poll, (flagged, stopped) = Poll(), flag()
+    poll = Poll()
 
     async def work() -> None:
         try:
@@ -142,10 +150,7 @@ async def test_unwound_gives_up_after_its_time() -> None:
         finally:
             await asyncio.sleep(1)
 
-    run = asyncio.ensure_future(poll.run(work(), stopped))
-    await asyncio.sleep(0.05)
-    flagged.event.set()
-    await run
+    await stopped_mid_run(poll, work())
     start = time.monotonic()
     await poll.unwound(0.1)
     assert time.monotonic() - start < 0.9
